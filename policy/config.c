@@ -1,0 +1,1027 @@
+/*
+ * config.c: loads the YAML configuration file into a struct config.
+ *
+ * libyaml's document API builds a node tree; the tree is then walked with
+ * one table of key descriptors per map (name, type, where the value goes,
+ * its range), so a map of any depth is read by the same loop,
+ * cfg_walk_map().  Errors do not stop the walk: each is recorded with the
+ * position of the node at fault, and config_load() returns them all,
+ * sorted into file order.
+ */
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <yaml.h>
+
+#include "config.h"
+
+#define CFG_FILE_MAX	(1024 * 1024)	/* larger is not a config file */
+#define CFG_MAX_WORKERS	64
+#define CFG_MS_DAY	(24u * 3600 * 1000)
+
+/* What a key's value must be, and so how it is read and stored. */
+enum cfg_type {
+	CT_MAP,		/* nested map; sub lists its keys */
+	CT_LISTEN,	/* list of maps with sub's keys, into a cfg_addr[] */
+	CT_ADDRS,	/* list of "host:port" strings, into a cfg_addr[] */
+	CT_ADDR,	/* one "host:port", into a struct cfg_addr */
+	CT_UINT,	/* decimal integer, into an unsigned */
+	CT_SIZE,	/* integer with optional K/M/G, into a uint64_t */
+	CT_DURATION,	/* integer with optional ms/s/m/h, into an unsigned
+			 * in milliseconds (a bare integer means seconds) */
+	CT_BOOL,	/* true/false/yes/no, into a bool */
+	CT_LOGLEVEL,	/* error/warning/info/debug, into an enum log_level */
+	CT_HOST,	/* host name, into a char[max] */
+	CT_PATH		/* file name, into a malloc'd char * made absolute */
+};
+
+/* One key a map may hold.  A table of these ends with a NULL name. */
+struct cfg_key {
+	const char		*name;	/* key as written in the file */
+	enum cfg_type		 type;	/* what the value must be */
+	size_t			 off;	/* where the value goes, from the
+					 * base of the enclosing map */
+	uint64_t		 min;	/* smallest value (for lists:
+					 * fewest entries) */
+	uint64_t		 max;	/* largest value (lists: most
+					 * entries; CT_HOST: buffer size) */
+	const struct cfg_key	*sub;	/* keys of a CT_MAP, or of each
+					 * CT_LISTEN entry */
+	size_t			 noff;	/* lists: where the count goes */
+	int			 required; /* an error when absent */
+};
+
+/* Suffix of a number and what it multiplies the number by. */
+struct cfg_unit {
+	const char	*suffix;	/* matched case-insensitively */
+	uint64_t	 mult;		/* multiplier */
+};
+
+/* One error found, kept until all are sorted. */
+struct cfg_err {
+	size_t	 line;		/* 1-based; 0 for the whole file */
+	size_t	 col;		/* 1-based */
+	size_t	 seq;		/* order found, keeps the sort stable */
+	char	*msg;		/* "path: text", malloc'd */
+};
+
+/* A setting already given, to catch two keys that set one field. */
+struct cfg_seen {
+	void	*dst;		/* the field */
+	char	 path[64];	/* key that set it, e.g. "log_level" */
+	size_t	 line;		/* 1-based line of that key */
+};
+
+/* State of one config_load() call. */
+struct cfg_ctx {
+	const char	*file;		/* path, as given, for messages */
+	yaml_document_t	*doc;		/* the tree being walked */
+	struct config	*cfg;		/* what is being filled */
+	struct cfg_err	*errs;		/* errors found so far */
+	size_t		 nerrs;		/* entries used in errs */
+	size_t		 errcap;	/* entries allocated in errs */
+	struct cfg_seen	 seen[64];	/* scalar settings given so far */
+	size_t		 nseen;		/* entries used in seen */
+};
+
+#define C(f)	offsetof(struct config, f)
+
+static const struct cfg_unit units_int[] = {
+	{ "", 1 }, { NULL, 0 }
+};
+static const struct cfg_unit units_size[] = {
+	{ "", 1 }, { "K", 1ull << 10 }, { "M", 1ull << 20 },
+	{ "G", 1ull << 30 }, { NULL, 0 }
+};
+static const struct cfg_unit units_duration[] = {
+	{ "", 1000 }, { "ms", 1 }, { "s", 1000 }, { "m", 60 * 1000 },
+	{ "h", 3600 * 1000 }, { NULL, 0 }
+};
+
+/* A scalar value, a nested map, and the end of a table. */
+#define KV(n, t, f, lo, hi)	{ n, t, C(f), lo, hi, NULL, 0, 0 }
+#define KM(n, sub, req)		{ n, CT_MAP, 0, 0, 0, sub, 0, req }
+#define KEND			{ NULL, 0, 0, 0, 0, NULL, 0, 0 }
+#define DAY			CFG_MS_DAY
+#define HOSTSZ			sizeof(((struct config *)0)->hostname)
+
+static const struct cfg_key log_keys[] = {
+	KV("level",		CT_LOGLEVEL, log_level,		0, 0),
+	KEND
+};
+
+/* Offsets here are from the start of one struct cfg_addr. */
+static const struct cfg_key listen_keys[] = {
+	{ "address", CT_ADDR, 0, 0, 0, NULL, 0, 1 },
+	KEND
+};
+
+static const struct cfg_key backend_timeout_keys[] = {
+	KV("connect",		CT_DURATION, to_be_connect,	1, DAY),
+	KV("greeting",		CT_DURATION, to_be_greeting,	1, DAY),
+	KV("helo",		CT_DURATION, to_be_helo,	1, DAY),
+	KV("mail",		CT_DURATION, to_be_mail,	1, DAY),
+	KV("rcpt",		CT_DURATION, to_be_rcpt,	1, DAY),
+	KV("data_init",		CT_DURATION, to_be_data_init,	1, DAY),
+	KV("data_block",	CT_DURATION, to_be_data_block,	1, DAY),
+	KV("data_done",		CT_DURATION, to_be_data_done,	1, DAY),
+	KEND
+};
+
+static const struct cfg_key backend_keys[] = {
+	{ "servers", CT_ADDRS, C(backends), 1, CFG_MAX_BACKENDS, NULL,
+	    C(nbackends), 1 },
+	KV("xclient",		CT_BOOL,     xclient,		0, 0),
+	KV("helo_name",		CT_HOST,     backend_helo,	0, HOSTSZ),
+	KM("timeouts",		backend_timeout_keys, 0),
+	KEND
+};
+
+static const struct cfg_key limits_keys[] = {
+	KV("max_message_size",	CT_SIZE, max_message_size, 1, UINT64_MAX),
+	KV("max_recipients",	CT_UINT, max_recipients,   1, UINT_MAX),
+	KV("max_line_length",	CT_UINT, max_line_length,  512, 65536),
+	KV("max_connections",	CT_UINT, max_connections,  1, UINT_MAX),
+	KV("max_errors",	CT_UINT, max_errors,	   1, UINT_MAX),
+	KEND
+};
+
+static const struct cfg_key timeout_keys[] = {
+	KV("command",		CT_DURATION, to_command,	1, DAY),
+	KV("data",		CT_DURATION, to_data,		1, DAY),
+	KV("drain",		CT_DURATION, to_drain,		0, DAY),
+	KEND
+};
+
+static const struct cfg_key smtp_keys[] = {
+	KV("expn",		CT_BOOL,     smtp_expn,		0, 0),
+	KV("reverse_dns",	CT_BOOL,     smtp_reverse_dns,	0, 0),
+	KEND
+};
+
+static const struct cfg_key root_keys[] = {
+	KV("hostname",		CT_HOST,     hostname,		0, HOSTSZ),
+	KV("workers",		CT_UINT,     workers,	0, CFG_MAX_WORKERS),
+	KV("log_level",		CT_LOGLEVEL, log_level,		0, 0),
+	KM("log",		log_keys, 0),
+	{ "listen", CT_LISTEN, C(listen), 1, CFG_MAX_LISTEN, listen_keys,
+	    C(nlisten), 1 },
+	KM("backend",		backend_keys, 1),
+	KM("limits",		limits_keys, 0),
+	KM("timeouts",		timeout_keys, 0),
+	KM("smtp",		smtp_keys, 0),
+	KV("policy",		CT_PATH,     policy_path,	0, 0),
+	KEND
+};
+
+static const char *log_levels[] = { "error", "warning", "info", "debug" };
+
+/* Aborts: running out of memory while reading the config is fatal. */
+static void
+cfg_oom(void)
+{
+	fputs("smtpgate: config: out of memory\n", stderr);
+	abort();
+}
+
+/* Returns a malloc'd copy of s; never NULL (aborts instead). */
+static char *
+cfg_xstrdup(const char *s)
+{
+	char	*p;
+
+	if ((p = strdup(s)) == NULL)
+		cfg_oom();
+	return p;
+}
+
+/*
+ * Records an error at mark (0-based, as libyaml gives it), or for the whole
+ * file when mark is NULL.  The message is copied; nothing is returned.
+ */
+static void __attribute__((format(printf, 3, 4)))
+cfg_error(struct cfg_ctx *c, const yaml_mark_t *mark, const char *fmt, ...)
+{
+	struct cfg_err	*e;
+	va_list		 ap;
+	int		 n;
+
+	if (c->nerrs == c->errcap) {
+		c->errcap = c->errcap ? c->errcap * 2 : 8;
+		e = reallocarray(c->errs, c->errcap, sizeof(*e));
+		if (e == NULL)
+			cfg_oom();
+		c->errs = e;
+	}
+	e = &c->errs[c->nerrs];
+	e->line = mark ? mark->line + 1 : 0;
+	e->col = mark ? mark->column + 1 : 0;
+	e->seq = c->nerrs++;
+	va_start(ap, fmt);
+	n = vasprintf(&e->msg, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		cfg_oom();
+}
+
+/* qsort() order of errors: by line, column, then order found. */
+static int
+cfg_errcmp(const void *a, const void *b)
+{
+	const struct cfg_err	*x = a, *y = b;
+
+	if (x->line != y->line)
+		return x->line < y->line ? -1 : 1;
+	if (x->col != y->col)
+		return x->col < y->col ? -1 : 1;
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/*
+ * Returns every error as one malloc'd text, one "FILE:LINE:COL: message"
+ * line each, in file order, and frees the error list.
+ */
+static char *
+cfg_errtext(struct cfg_ctx *c)
+{
+	char	*text = NULL;
+	size_t	 i, size = 0;
+	FILE	*f;
+
+	qsort(c->errs, c->nerrs, sizeof(*c->errs), cfg_errcmp);
+	if ((f = open_memstream(&text, &size)) == NULL)
+		cfg_oom();
+	for (i = 0; i < c->nerrs; i++) {
+		if (c->errs[i].line)
+			fprintf(f, "%s:%zu:%zu: %s\n", c->file,
+			    c->errs[i].line, c->errs[i].col, c->errs[i].msg);
+		else
+			fprintf(f, "%s: %s\n", c->file, c->errs[i].msg);
+		free(c->errs[i].msg);
+	}
+	if (fclose(f) != 0 || text == NULL)
+		cfg_oom();
+	free(c->errs);
+	c->errs = NULL;
+	c->nerrs = c->errcap = 0;
+	return text;
+}
+
+/* Returns true for a scalar written as nothing at all ("key:"). */
+static int
+cfg_isempty(const yaml_node_t *n)
+{
+	return n->type == YAML_SCALAR_NODE && n->data.scalar.length == 0 &&
+	    n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+}
+
+/*
+ * Describes node n for an error message ("a list", "\"abc\"") in buf,
+ * which it returns.  Control characters are shown as '?' and long values
+ * are cut short.
+ */
+static const char *
+cfg_got(const yaml_node_t *n, char *buf, size_t size)
+{
+	const unsigned char	*s;
+	size_t			 i, j, len;
+
+	if (n->type == YAML_SEQUENCE_NODE)
+		return "a list";
+	if (n->type == YAML_MAPPING_NODE)
+		return "a map";
+	if (cfg_isempty(n))
+		return "nothing";
+	s = n->data.scalar.value;
+	len = n->data.scalar.length;
+	buf[0] = '"';
+	for (i = 0, j = 1; i < len && j + 5 < size && j < 61; i++)
+		buf[j++] = s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+	if (i < len) {
+		memcpy(buf + j, "...", 3);
+		j += 3;
+	}
+	buf[j++] = '"';
+	buf[j] = '\0';
+	return buf;
+}
+
+/* Returns what a key's value must be, for "expected ..." messages. */
+static const char *
+cfg_expect(const struct cfg_key *k)
+{
+	switch (k->type) {
+	case CT_MAP:
+		return "a map of settings";
+	case CT_LISTEN:
+		return "a list of entries such as "
+		    "\"- address: 127.0.0.1:2525\"";
+	case CT_ADDRS:
+		return "a list of addresses such as [127.0.0.1:10025]";
+	case CT_ADDR:
+		return "an address such as 127.0.0.1:2525 or [::1]:2525";
+	case CT_UINT:
+		return k->min ? "a positive integer" : "a non-negative integer";
+	case CT_SIZE:
+		return "a size in bytes, optionally with a K, M or G suffix "
+		    "(e.g. 50M)";
+	case CT_DURATION:
+		return "a duration such as 30s, 5m, 50ms or 1h";
+	case CT_BOOL:
+		return "true or false";
+	case CT_LOGLEVEL:
+		return "one of error, warning, info, debug";
+	case CT_HOST:
+		return "a host name such as gate.example.test";
+	case CT_PATH:
+		return "a file name";
+	}
+	return "a value";
+}
+
+/*
+ * Parses decimal digits followed by one of units' suffixes into *v
+ * (number times multiplier).  Returns 0, -1 when malformed, or -2 when the
+ * value does not fit in 64 bits.
+ */
+static int
+cfg_number(const char *s, const struct cfg_unit *units, uint64_t *v)
+{
+	uint64_t	 n = 0;
+	const char	*p;
+
+	for (p = s; *p >= '0' && *p <= '9'; p++) {
+		if (n > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+			return -2;
+		n = n * 10 + (uint64_t)(*p - '0');
+	}
+	if (p == s)
+		return -1;
+	for (; units->suffix != NULL; units++) {
+		if (strcasecmp(p, units->suffix) != 0)
+			continue;
+		if (n > UINT64_MAX / units->mult)
+			return -2;
+		*v = n * units->mult;
+		return 0;
+	}
+	return -1;
+}
+
+/* Formats ms as the shortest exact duration ("5m", "50ms") into buf. */
+static const char *
+cfg_fmt_ms(uint64_t ms, char *buf, size_t size)
+{
+	if (ms != 0 && ms % 3600000 == 0)
+		snprintf(buf, size, "%lluh",
+		    (unsigned long long)(ms / 3600000));
+	else if (ms != 0 && ms % 60000 == 0)
+		snprintf(buf, size, "%llum", (unsigned long long)(ms / 60000));
+	else if (ms % 1000 == 0)
+		snprintf(buf, size, "%llus", (unsigned long long)(ms / 1000));
+	else
+		snprintf(buf, size, "%llums", (unsigned long long)ms);
+	return buf;
+}
+
+/*
+ * Returns NULL when text is a valid host name, or why it is not.
+ * Letters, digits and '-' in dot-separated labels, as RFC 1035 has them.
+ */
+static const char *
+cfg_host_check(const char *text, size_t size)
+{
+	size_t	 i, label = 0;
+
+	if (text[0] == '\0')
+		return "it is empty";
+	if (strlen(text) >= size)
+		return "it is too long";
+	for (i = 0; text[i] != '\0'; i++) {
+		if (text[i] == '.') {
+			if (label == 0 || text[i - 1] == '-')
+				return "it has an empty label or a label "
+				    "ending in '-'";
+			label = 0;
+			continue;
+		}
+		if (text[i] == '-' && label == 0)
+			return "a label starts with '-'";
+		if (!(text[i] == '-' || (text[i] >= '0' && text[i] <= '9') ||
+		    (text[i] >= 'a' && text[i] <= 'z') ||
+		    (text[i] >= 'A' && text[i] <= 'Z')))
+			return "only letters, digits, '-' and '.' are allowed";
+		label++;
+	}
+	if (label == 0 || text[i - 1] == '-')
+		return "it ends in '.' or '-'";
+	return NULL;
+}
+
+/*
+ * Parses "host:port", "[v6]:port" or "*:port" into a (zeroed first).
+ * Returns NULL, or why text is not a valid address.
+ */
+static const char *
+cfg_addr_parse(const char *text, struct cfg_addr *a)
+{
+	struct sockaddr_in	*sin = (struct sockaddr_in *)&a->ss;
+	struct sockaddr_in6	*sin6 = (struct sockaddr_in6 *)&a->ss;
+	char			 host[64];
+	const char		*start, *end;
+	size_t			 hlen;
+	uint64_t		 pn;
+	int			 v6 = text[0] == '[';
+
+	memset(a, 0, sizeof(*a));
+	if (strlen(text) >= sizeof(a->text))
+		return "it is too long";
+	if (v6 && ((end = strchr(text, ']')) == NULL || end[1] != ':'))
+		return "expected [IPv6]:port";
+	if (!v6 && (end = strrchr(text, ':')) == NULL)
+		return "the port is missing (expected host:port)";
+	start = text + v6;
+	if ((hlen = (size_t)(end - start)) == 0)
+		return "the host is missing (use * for any address)";
+	if (hlen >= sizeof(host))
+		return "the host is too long";
+	memcpy(host, start, hlen);
+	host[hlen] = '\0';
+	if (cfg_number(end + 1 + v6, units_int, &pn) != 0 || pn < 1 ||
+	    pn > 65535)
+		return "the port must be a number from 1 to 65535";
+
+	if (v6) {
+		if (inet_pton(AF_INET6, host, &sin6->sin6_addr) != 1)
+			return "not a numeric IPv6 address";
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = htons((uint16_t)pn);
+		a->sslen = sizeof(*sin6);
+	} else {
+		if (strchr(host, ':') != NULL)
+			return "IPv6 addresses go in brackets, e.g. [::1]:25";
+		if (strcmp(host, "*") == 0)
+			sin->sin_addr.s_addr = htonl(INADDR_ANY);
+		else if (inet_pton(AF_INET, host, &sin->sin_addr) != 1)
+			return "not a numeric IP address (host names are not "
+			    "accepted)";
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons((uint16_t)pn);
+		a->sslen = sizeof(*sin);
+	}
+	strcpy(a->text, text);
+	return NULL;
+}
+
+/*
+ * Returns a malloc'd absolute path for name: as is when absolute, else
+ * joined to the directory of the config file.
+ */
+static char *
+cfg_resolve(const char *file, const char *name)
+{
+	char	*dir, *slash, *out;
+
+	if (name[0] == '/')
+		return cfg_xstrdup(name);
+	if ((dir = realpath(file, NULL)) == NULL) {
+		/* Read but gone since: keep the file's own spelling. */
+		dir = cfg_xstrdup(file);
+		if ((slash = strrchr(dir, '/')) == NULL)
+			strcpy(dir, ".");
+		else
+			slash[slash == dir] = '\0';
+	} else if ((slash = strrchr(dir, '/')) != NULL)
+		slash[slash == dir] = '\0';
+	if (asprintf(&out, "%s%s%s", dir,
+	    dir[strlen(dir) - 1] == '/' ? "" : "/", name) < 0)
+		cfg_oom();
+	free(dir);
+	return out;
+}
+
+/*
+ * Notes that path set the field dst.  Returns 0, or -1 after reporting an
+ * error when another key (log_level and log.level) already set it.
+ */
+static int
+cfg_seen(struct cfg_ctx *c, void *dst, const char *path, const yaml_node_t *k)
+{
+	struct cfg_seen	*s;
+	size_t		 i;
+
+	for (i = 0; i < c->nseen; i++) {
+		if (c->seen[i].dst != dst)
+			continue;
+		cfg_error(c, &k->start_mark, "%s: conflicts with %s, set at "
+		    "line %zu", path, c->seen[i].path, c->seen[i].line);
+		return -1;
+	}
+	if (c->nseen < sizeof(c->seen) / sizeof(c->seen[0])) {
+		s = &c->seen[c->nseen++];
+		s->dst = dst;
+		/* Known keys only reach here: short names. */
+		snprintf(s->path, sizeof(s->path), "%.63s", path);
+		s->line = k->start_mark.line + 1;
+	}
+	return 0;
+}
+
+static void cfg_walk_map(struct cfg_ctx *, const yaml_node_t *,
+    const struct cfg_key *, char *, const char *);
+
+/*
+ * Reads a list (CT_LISTEN or CT_ADDRS) from node v into the cfg_addr array
+ * at base + k->off and its count at base + k->noff.
+ */
+static void
+cfg_walk_list(struct cfg_ctx *c, const struct cfg_key *k, const yaml_node_t *v,
+    char *base, const char *path)
+{
+	struct cfg_addr		*arr = (struct cfg_addr *)(base + k->off);
+	unsigned		*count = (unsigned *)(base + k->noff);
+	const yaml_node_t	*item;
+	yaml_node_item_t	*it;
+	const char		*why;
+	char			 ipath[128], got[80];
+	size_t			 errs;
+	unsigned		 i;
+
+	*count = 0;
+	for (it = v->data.sequence.items.start;
+	    it < v->data.sequence.items.top; it++) {
+		item = yaml_document_get_node(c->doc, *it);
+		snprintf(ipath, sizeof(ipath), "%.100s[%u]", path, *count);
+		if (*count == k->max) {
+			cfg_error(c, &item->start_mark, "%s: too many entries "
+			    "(at most %llu)", path, (unsigned long long)k->max);
+			return;
+		}
+		if (k->type == CT_LISTEN && item->type != YAML_MAPPING_NODE) {
+			cfg_error(c, &item->start_mark, "%s: expected a map "
+			    "such as \"address: 127.0.0.1:2525\", got %s",
+			    ipath, cfg_got(item, got, sizeof(got)));
+		} else if (k->type == CT_LISTEN) {
+			errs = c->nerrs;
+			cfg_walk_map(c, item, k->sub, (char *)&arr[*count],
+			    ipath);
+			for (i = 0; c->nerrs == errs && i < *count; i++) {
+				if (arr[i].sslen != arr[*count].sslen ||
+				    memcmp(&arr[i].ss, &arr[*count].ss,
+				    arr[i].sslen) != 0)
+					continue;
+				cfg_error(c, &item->start_mark, "%s.address: "
+				    "%s is already listed as %s[%u]", ipath,
+				    arr[*count].text, path, i);
+			}
+		} else if (item->type != YAML_SCALAR_NODE ||
+		    cfg_isempty(item)) {
+			cfg_error(c, &item->start_mark, "%s: expected %s, got "
+			    "%s", ipath, cfg_expect(&listen_keys[0]),
+			    cfg_got(item, got, sizeof(got)));
+		} else if ((why = cfg_addr_parse(
+		    (const char *)item->data.scalar.value,
+		    &arr[*count])) != NULL) {
+			cfg_error(c, &item->start_mark, "%s: invalid address "
+			    "%s: %s", ipath, cfg_got(item, got, sizeof(got)),
+			    why);
+		} else if (strncmp(arr[*count].text, "*:", 2) == 0) {
+			cfg_error(c, &item->start_mark, "%s: \"*\" means any "
+			    "local address and is only valid for listen",
+			    ipath);
+		}
+		(*count)++;
+	}
+	if (*count < k->min)
+		cfg_error(c, &v->start_mark, "%s: at least %llu %s required",
+		    path, (unsigned long long)k->min,
+		    k->min == 1 ? "entry is" : "entries are");
+}
+
+/*
+ * Reads the value node v of key k (full name path, key node kn) into
+ * base + k->off, or reports why it cannot.
+ */
+static void
+cfg_set(struct cfg_ctx *c, const struct cfg_key *k, const yaml_node_t *kn,
+    const yaml_node_t *v, char *base, const char *path)
+{
+	void		*dst = base + k->off;
+	const char	*s, *why;
+	char		 got[80], lo[32], hi[32];
+	uint64_t	 n;
+	size_t		 i;
+	int		 r;
+
+	if (k->type == CT_MAP || k->type == CT_LISTEN || k->type == CT_ADDRS) {
+		if (v->type != (k->type == CT_MAP ? YAML_MAPPING_NODE :
+		    YAML_SEQUENCE_NODE))
+			cfg_error(c, &v->start_mark, "%s: expected %s, got %s",
+			    path, cfg_expect(k), cfg_got(v, got, sizeof(got)));
+		else if (k->type == CT_MAP)
+			cfg_walk_map(c, v, k->sub, base, path);
+		else
+			cfg_walk_list(c, k, v, base, path);
+		return;
+	}
+	if (v->type != YAML_SCALAR_NODE || cfg_isempty(v)) {
+		cfg_error(c, &v->start_mark, "%s: expected %s, got %s", path,
+		    cfg_expect(k), cfg_got(v, got, sizeof(got)));
+		return;
+	}
+	s = (const char *)v->data.scalar.value;
+	if (strlen(s) != v->data.scalar.length) {
+		cfg_error(c, &v->start_mark, "%s: contains a NUL character",
+		    path);
+		return;
+	}
+	if (cfg_seen(c, dst, path, kn) == -1)
+		return;
+
+	switch (k->type) {
+	case CT_UINT:
+	case CT_SIZE:
+	case CT_DURATION:
+		r = cfg_number(s, k->type == CT_UINT ? units_int :
+		    k->type == CT_SIZE ? units_size : units_duration, &n);
+		if (r == -1 || (r == 0 && n == 0 && k->min == 1 &&
+		    k->type == CT_UINT)) {
+			cfg_error(c, &v->start_mark, "%s: expected %s, got %s",
+			    path, cfg_expect(k), cfg_got(v, got, sizeof(got)));
+			break;
+		}
+		if (r == -2 || n < k->min || n > k->max) {
+			if (k->type == CT_DURATION) {
+				cfg_fmt_ms(k->min, lo, sizeof(lo));
+				cfg_fmt_ms(k->max, hi, sizeof(hi));
+			} else {
+				snprintf(lo, sizeof(lo), "%llu",
+				    (unsigned long long)k->min);
+				snprintf(hi, sizeof(hi), "%llu",
+				    (unsigned long long)k->max);
+			}
+			if (k->max == UINT64_MAX)
+				cfg_error(c, &v->start_mark, "%s: must be at "
+				    "least %s, got %s", path, lo,
+				    cfg_got(v, got, sizeof(got)));
+			else
+				cfg_error(c, &v->start_mark, "%s: must be from "
+				    "%s to %s, got %s", path, lo, hi,
+				    cfg_got(v, got, sizeof(got)));
+			break;
+		}
+		if (k->type == CT_SIZE)
+			*(uint64_t *)dst = n;
+		else
+			*(unsigned *)dst = (unsigned)n;
+		break;
+	case CT_BOOL:
+		if (strcasecmp(s, "true") == 0 || strcasecmp(s, "yes") == 0)
+			*(bool *)dst = true;
+		else if (strcasecmp(s, "false") == 0 ||
+		    strcasecmp(s, "no") == 0)
+			*(bool *)dst = false;
+		else
+			cfg_error(c, &v->start_mark, "%s: expected true or "
+			    "false (or yes/no), got %s", path,
+			    cfg_got(v, got, sizeof(got)));
+		break;
+	case CT_LOGLEVEL:
+		for (i = 0; i < sizeof(log_levels) / sizeof(log_levels[0]); i++)
+			if (strcasecmp(s, log_levels[i]) == 0)
+				break;
+		if (i < sizeof(log_levels) / sizeof(log_levels[0]))
+			*(enum log_level *)dst = (enum log_level)i;
+		else
+			cfg_error(c, &v->start_mark, "%s: expected %s, got %s",
+			    path, cfg_expect(k), cfg_got(v, got, sizeof(got)));
+		break;
+	case CT_HOST:
+		if ((why = cfg_host_check(s, k->max)) != NULL)
+			cfg_error(c, &v->start_mark, "%s: expected %s, got %s: "
+			    "%s", path, cfg_expect(k),
+			    cfg_got(v, got, sizeof(got)), why);
+		else
+			strcpy(dst, s);
+		break;
+	case CT_ADDR:
+		if ((why = cfg_addr_parse(s, dst)) != NULL)
+			cfg_error(c, &v->start_mark, "%s: invalid address "
+			    "%s: %s", path, cfg_got(v, got, sizeof(got)), why);
+		break;
+	case CT_PATH:
+		if (s[0] == '\0') {
+			cfg_error(c, &v->start_mark, "%s: expected %s, got %s",
+			    path, cfg_expect(k), cfg_got(v, got, sizeof(got)));
+			break;
+		}
+		free(*(char **)dst);
+		*(char **)dst = cfg_resolve(c->file, s);
+		break;
+	default:
+		break;
+	}
+}
+
+/*
+ * Reports each required key of keys that seen[] does not mark, at mark
+ * (the enclosing map).  A missing map names its first required key
+ * ("backend.servers").
+ */
+static void
+cfg_required(struct cfg_ctx *c, const struct cfg_key *keys, const char *seen,
+    const yaml_mark_t *mark, const char *prefix)
+{
+	const struct cfg_key	*k, *sub;
+	const char		*subname;
+
+	for (k = keys; k->name != NULL; k++) {
+		if (!k->required || seen[k - keys])
+			continue;
+		subname = NULL;
+		for (sub = k->type == CT_MAP ? k->sub : NULL;
+		    sub != NULL && sub->name != NULL; sub++)
+			if (sub->required) {
+				subname = sub->name;
+				break;
+			}
+		cfg_error(c, mark, "%s%s%s%s%s: required setting is missing",
+		    prefix, *prefix ? "." : "", k->name, subname ? "." : "",
+		    subname ? subname : "");
+	}
+}
+
+/*
+ * Reads the mapping node map whose keys are described by keys; values go
+ * to base + each key's offset.  prefix is the map's own name ("" at the
+ * top, "backend", "listen[0]").
+ */
+static void
+cfg_walk_map(struct cfg_ctx *c, const yaml_node_t *map,
+    const struct cfg_key *keys, char *base, const char *prefix)
+{
+	const yaml_node_pair_t	*p, *q;
+	const yaml_node_t	*kn, *v, *qk;
+	const struct cfg_key	*k;
+	const char		*name;
+	char			 seen[32] = { 0 }, path[256], got[80];
+	char			 known[512];
+	size_t			 len;
+
+	for (p = map->data.mapping.pairs.start;
+	    p < map->data.mapping.pairs.top; p++) {
+		kn = yaml_document_get_node(c->doc, p->key);
+		v = yaml_document_get_node(c->doc, p->value);
+		if (kn->type != YAML_SCALAR_NODE) {
+			cfg_error(c, &kn->start_mark, "%s%sexpected a setting "
+			    "name, got %s", prefix, *prefix ? ": " : "",
+			    cfg_got(kn, got, sizeof(got)));
+			continue;
+		}
+		name = (const char *)kn->data.scalar.value;
+		snprintf(path, sizeof(path), "%s%s%s", prefix,
+		    *prefix ? "." : "", name);
+
+		/* libyaml keeps duplicate keys; the first one counts. */
+		for (q = map->data.mapping.pairs.start; q < p; q++) {
+			qk = yaml_document_get_node(c->doc, q->key);
+			if (qk->type == YAML_SCALAR_NODE &&
+			    strcmp((char *)qk->data.scalar.value, name) == 0)
+				break;
+		}
+		if (q < p) {
+			cfg_error(c, &kn->start_mark, "%s: duplicate key "
+			    "(first given at line %zu)", path,
+			    qk->start_mark.line + 1);
+			continue;
+		}
+
+		for (k = keys; k->name != NULL; k++)
+			if (strcmp(k->name, name) == 0)
+				break;
+		if (k->name == NULL) {
+			known[0] = '\0';
+			for (k = keys, len = 0; k->name != NULL &&
+			    len < sizeof(known); k++)
+				len += (size_t)snprintf(known + len,
+				    sizeof(known) - len, "%s%s",
+				    len ? ", " : "", k->name);
+			cfg_error(c, &kn->start_mark, "%s: unknown setting "
+			    "(known here: %s)", path, known);
+			continue;
+		}
+		seen[k - keys] = 1;
+		cfg_set(c, k, kn, v, base, path);
+	}
+	cfg_required(c, keys, seen, &map->start_mark, prefix);
+}
+
+/* Reports a libyaml parser failure with libyaml's own problem text. */
+static void
+cfg_syntax(struct cfg_ctx *c, const yaml_parser_t *p, const char *data)
+{
+	yaml_mark_t	 m = p->problem_mark;
+	size_t		 i;
+
+	if (p->error == YAML_MEMORY_ERROR)
+		cfg_oom();
+	if (p->error == YAML_READER_ERROR) {
+		/* Reader errors carry a byte offset, not a mark. */
+		memset(&m, 0, sizeof(m));
+		for (i = 0; i < p->problem_offset && data[i] != '\0'; i++) {
+			if (data[i] == '\n') {
+				m.line++;
+				m.column = 0;
+			} else
+				m.column++;
+		}
+		cfg_error(c, &m, "invalid text: %s", p->problem);
+	} else if (p->context != NULL)
+		cfg_error(c, &m, "YAML syntax error: %s (%s at line %zu, "
+		    "column %zu)", p->problem, p->context,
+		    p->context_mark.line + 1, p->context_mark.column + 1);
+	else
+		cfg_error(c, &m, "YAML syntax error: %s",
+		    p->problem ? p->problem : "unknown problem");
+}
+
+/*
+ * Reads the whole file into a malloc'd, NUL-terminated buffer that the
+ * caller frees, and sets *len.  Returns NULL after reporting an error.
+ */
+static char *
+cfg_read(struct cfg_ctx *c, size_t *len)
+{
+	FILE	*f;
+	char	*buf;
+	size_t	 n;
+
+	if ((f = fopen(c->file, "r")) == NULL) {
+		cfg_error(c, NULL, "cannot open: %s", strerror(errno));
+		return NULL;
+	}
+	if ((buf = malloc(CFG_FILE_MAX + 1)) == NULL)
+		cfg_oom();
+	n = fread(buf, 1, CFG_FILE_MAX + 1, f);
+	if (ferror(f))
+		cfg_error(c, NULL, "cannot read: %s", strerror(errno));
+	else if (n > CFG_FILE_MAX)
+		cfg_error(c, NULL, "larger than %d bytes; not a configuration "
+		    "file", CFG_FILE_MAX);
+	fclose(f);
+	if (c->nerrs) {
+		free(buf);
+		return NULL;
+	}
+	buf[n] = '\0';
+	*len = n;
+	return buf;
+}
+
+/* Returns the number of workers to run when the file says 0. */
+static unsigned
+cfg_ncpu(void)
+{
+	long	 n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	return n < 1 ? 1 : n > CFG_MAX_WORKERS ? CFG_MAX_WORKERS : (unsigned)n;
+}
+
+void
+config_defaults(struct config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	atomic_init(&cfg->refs, 1);
+	if (gethostname(cfg->hostname, sizeof(cfg->hostname)) != 0 ||
+	    cfg->hostname[0] == '\0')
+		strcpy(cfg->hostname, "localhost");
+	cfg->hostname[sizeof(cfg->hostname) - 1] = '\0';
+	cfg->workers = cfg_ncpu();
+	cfg->log_level = LOG_LVL_INFO;
+	cfg->xclient = true;
+	strcpy(cfg->backend_helo, cfg->hostname);
+	cfg->max_message_size = 52428800;
+	cfg->max_recipients = 100;
+	cfg->max_line_length = 512;
+	cfg->max_connections = 1000;
+	cfg->max_errors = 10;
+	cfg->to_command = 5 * 60 * 1000;
+	cfg->to_data = 3 * 60 * 1000;
+	cfg->to_drain = 30 * 1000;
+	cfg->to_be_connect = 30 * 1000;
+	cfg->to_be_greeting = 5 * 60 * 1000;
+	cfg->to_be_helo = 5 * 60 * 1000;
+	cfg->to_be_mail = 5 * 60 * 1000;
+	cfg->to_be_rcpt = 5 * 60 * 1000;
+	cfg->to_be_data_init = 2 * 60 * 1000;
+	cfg->to_be_data_block = 3 * 60 * 1000;
+	cfg->to_be_data_done = 10 * 60 * 1000;
+	cfg->smtp_expn = false;
+	cfg->smtp_reverse_dns = true;
+}
+
+struct config *
+config_load(const char *path, char **errors)
+{
+	static const yaml_mark_t	 top;	/* line 1, column 1 */
+	struct cfg_ctx			 c;
+	struct config			*cfg;
+	yaml_parser_t			 parser;
+	yaml_document_t			 doc;
+	yaml_node_t			*root;
+	char				*data, got[80];
+	size_t				 len;
+
+	memset(&c, 0, sizeof(c));
+	c.file = path;
+	if ((cfg = malloc(sizeof(*cfg))) == NULL)
+		cfg_oom();
+	config_defaults(cfg);
+	c.cfg = cfg;
+	cfg->path = cfg_xstrdup(path);
+	/* Empty until the file names it, so it can follow hostname. */
+	cfg->backend_helo[0] = '\0';
+
+	if ((data = cfg_read(&c, &len)) != NULL) {
+		if (!yaml_parser_initialize(&parser))
+			cfg_oom();
+		yaml_parser_set_input_string(&parser,
+		    (const unsigned char *)data, len);
+		if (!yaml_parser_load(&parser, &doc))
+			cfg_syntax(&c, &parser, data);
+		else {
+			c.doc = &doc;
+			root = yaml_document_get_root_node(&doc);
+			if (root == NULL || cfg_isempty(root))
+				cfg_required(&c, root_keys, (char[32]){ 0 },
+				    root ? &root->start_mark : &top, "");
+			else if (root->type != YAML_MAPPING_NODE)
+				cfg_error(&c, &root->start_mark, "expected a "
+				    "map of settings at the top level, got %s",
+				    cfg_got(root, got, sizeof(got)));
+			else
+				cfg_walk_map(&c, root, root_keys, (char *)cfg,
+				    "");
+			yaml_document_delete(&doc);
+
+			/* A "---" and more settings would be ignored. */
+			if (root != NULL && !yaml_parser_load(&parser, &doc))
+				cfg_syntax(&c, &parser, data);
+			else if (root != NULL) {
+				if ((root = yaml_document_get_root_node(&doc))
+				    != NULL)
+					cfg_error(&c, &root->start_mark, "only "
+					    "one YAML document is allowed");
+				yaml_document_delete(&doc);
+			}
+		}
+		yaml_parser_delete(&parser);
+		free(data);
+	}
+
+	if (c.nerrs) {
+		*errors = cfg_errtext(&c);
+		config_unref(cfg);
+		return NULL;
+	}
+	if (cfg->workers == 0)
+		cfg->workers = cfg_ncpu();
+	if (cfg->backend_helo[0] == '\0')
+		strcpy(cfg->backend_helo, cfg->hostname);
+	*errors = NULL;
+	return cfg;
+}
+
+struct config *
+config_ref(struct config *cfg)
+{
+	atomic_fetch_add(&cfg->refs, 1);
+	return cfg;
+}
+
+void
+config_unref(struct config *cfg)
+{
+	if (cfg == NULL || atomic_fetch_sub(&cfg->refs, 1) != 1)
+		return;
+	free(cfg->path);
+	free(cfg->policy_path);
+	free(cfg);
+}
+
+int
+config_parse_addr(const char *text, struct cfg_addr *a)
+{
+	return cfg_addr_parse(text, a) == NULL ? 0 : -1;
+}

@@ -1,0 +1,108 @@
+/*
+ * config.h: the main configuration file (YAML, read with libyaml).
+ *
+ * config_load() parses a file into a plain, immutable struct config.  A
+ * reload builds a new one; workers and sessions hold references to the one
+ * they started with (config_ref / config_unref), so a config is freed when
+ * its last user lets go.
+ */
+#ifndef SMTPGATE_CONFIG_H
+#define SMTPGATE_CONFIG_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define CFG_MAX_LISTEN   16
+#define CFG_MAX_BACKENDS 16
+
+enum log_level { LOG_LVL_ERROR = 0, LOG_LVL_WARNING, LOG_LVL_INFO, LOG_LVL_DEBUG };
+
+struct cfg_addr {
+	struct sockaddr_storage	 ss;		/* parsed address and port */
+	socklen_t		 sslen;		/* length of ss in use */
+	char			 text[80];	/* as written, e.g. "127.0.0.1:2525" */
+};
+
+/* All durations are in milliseconds. */
+struct config {
+	atomic_int	 refs;			/* references; freed at zero */
+	char		*path;			/* file it was loaded from */
+	char		*policy_path;		/* policy: file for the policy
+						 * rules, made absolute against
+						 * the config file's directory;
+						 * NULL when not set */
+
+	char		 hostname[256];		/* our name: greeting, EHLO, 421s */
+	unsigned	 workers;		/* worker threads; 0 in the file
+						 * means one per core, resolved by
+						 * config_load() */
+	enum log_level	 log_level;		/* log: level */
+
+	struct cfg_addr	 listen[CFG_MAX_LISTEN];	/* listen: - address: */
+	unsigned	 nlisten;		/* entries used in listen */
+
+	struct cfg_addr	 backends[CFG_MAX_BACKENDS];	/* backend: servers:
+							 * tried in order */
+	unsigned	 nbackends;		/* entries used in backends */
+	bool		 xclient;		/* backend: xclient: send XCLIENT
+						 * when the backend offers it */
+	char		 backend_helo[256];	/* backend: helo_name (default:
+						 * hostname) */
+
+	uint64_t	 max_message_size;	/* limits: (bytes) */
+	unsigned	 max_recipients;	/* limits: */
+	unsigned	 max_line_length;	/* limits: command line, CRLF
+						 * included */
+	unsigned	 max_connections;	/* limits: whole process */
+	unsigned	 max_errors;		/* limits: command errors, then 421 */
+
+	/* timeouts: (client side, RFC 5321 4.5.3.2 server timeouts) */
+	unsigned	 to_command;		/* waiting for a command */
+	unsigned	 to_data;		/* waiting for the next DATA block */
+	unsigned	 to_drain;		/* shutdown: time given to
+						 * transactions in flight */
+
+	/* backend: timeouts: (RFC 5321 4.5.3.2 client timeouts) */
+	unsigned	 to_be_connect;		/* TCP connect */
+	unsigned	 to_be_greeting;	/* initial 220 */
+	unsigned	 to_be_helo;		/* EHLO / XCLIENT replies */
+	unsigned	 to_be_mail;		/* MAIL reply */
+	unsigned	 to_be_rcpt;		/* RCPT reply */
+	unsigned	 to_be_data_init;	/* DATA's 354 */
+	unsigned	 to_be_data_block;	/* each block written */
+	unsigned	 to_be_data_done;	/* reply to the final dot */
+
+	bool		 smtp_expn;		/* smtp: expn: forward EXPN to the
+						 * backend (else 502) */
+	bool		 smtp_reverse_dns;	/* smtp: reverse_dns: look up the
+						 * client's name for XCLIENT NAME */
+};
+
+/*
+ * Loads the file at path.  On success returns a config with refs == 1 and
+ * sets *errors to NULL.  On failure returns NULL and sets *errors to a
+ * malloc'd, NUL-terminated text with one "FILE:LINE:COL: message\n" line
+ * per error found (all of them, not just the first), in file order; the
+ * caller frees it.  A file that cannot be read at all gives a single
+ * "FILE: message\n" line.
+ */
+struct config *config_load(const char *path, char **errors);
+
+/* Fills a config with every default (what an empty file gives). */
+void config_defaults(struct config *cfg);
+
+/* Takes a reference; returns cfg. */
+struct config *config_ref(struct config *cfg);
+
+/* Drops a reference; frees the config at zero.  NULL is ignored. */
+void config_unref(struct config *cfg);
+
+/*
+ * Parses "host:port", "[v6]:port" or "*:port" into a.  Returns 0, or -1
+ * when malformed.
+ */
+int config_parse_addr(const char *text, struct cfg_addr *a);
+
+#endif /* SMTPGATE_CONFIG_H */

@@ -1,0 +1,204 @@
+/*
+ * main.c: command line, listening sockets, signals, worker threads.
+ *
+ *   smtpgate -c FILE        run
+ *   smtpgate -t -c FILE     check the configuration and exit
+ *   smtpgate -V             print the version
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "gate.h"
+#include "log.h"
+
+static void
+usage(void)
+{
+	fprintf(stderr, "usage: smtpgate [-t] -c FILE\n"
+	    "       smtpgate -V\n");
+	exit(2);
+}
+
+/* Loads path; prints every error to stderr and returns NULL on failure. */
+static struct config *
+load(const char *path)
+{
+	struct config	*cfg;
+	char		*errors;
+
+	if ((cfg = config_load(path, &errors)) == NULL) {
+		fputs(errors, stderr);
+		free(errors);
+	}
+	return cfg;
+}
+
+/* A bound, non-blocking socket for one listen address (SO_REUSEPORT). */
+static int
+bind_listener(const struct cfg_addr *a, uv_os_sock_t *fd)
+{
+	int one = 1, s;
+
+	s = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+	    0);
+	if (s < 0)
+		return -errno;
+	if (setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    setsockopt(s, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+	    (a->ss.ss_family == AF_INET6 && setsockopt(s, IPPROTO_IPV6,
+	    IPV6_V6ONLY, &one, sizeof(one)) < 0) ||
+	    bind(s, (const struct sockaddr *)&a->ss, a->sslen) < 0) {
+		int e = errno;
+
+		close(s);
+		return -e;
+	}
+	*fd = s;
+	return 0;
+}
+
+struct main_state {
+	struct proxy_ctx	*ctx;		/* the process */
+	uv_signal_t		 sig[4];	/* TERM, INT, HUP, and a spare */
+	unsigned		 nsig;
+};
+
+static void
+reload(struct proxy_ctx *ctx)
+{
+	struct config	*cfg;
+	char		*errors, *line, *save = NULL;
+	unsigned	 i;
+
+	if ((cfg = config_load(ctx->config_path, &errors)) == NULL) {
+		for (line = strtok_r(errors, "\n", &save); line != NULL;
+		    line = strtok_r(NULL, "\n", &save))
+			log_error("reload failed, old configuration kept: %s",
+			    line);
+		free(errors);
+		return;
+	}
+	if (cfg->nlisten != ctx->cfg->nlisten ||
+	    memcmp(cfg->listen, ctx->cfg->listen,
+	    cfg->nlisten * sizeof(cfg->listen[0])) != 0 ||
+	    cfg->workers != ctx->cfg->workers)
+		log_warn("reload: listen addresses and workers take effect "
+		    "at the next restart");
+	log_set_level(cfg->log_level);
+	for (i = 0; i < ctx->nworkers; i++)
+		worker_post(&ctx->workers[i], cfg, 0);
+	config_unref(ctx->cfg);
+	ctx->cfg = cfg;
+	log_info("configuration reloaded from %s", ctx->config_path);
+}
+
+static void
+signal_cb(uv_signal_t *h, int signum)
+{
+	struct main_state	*m = h->data;
+	unsigned		 i;
+
+	if (signum == SIGHUP) {
+		reload(m->ctx);
+		return;
+	}
+	log_info("signal %d: draining (%u ms at most)", signum,
+	    m->ctx->cfg->to_drain);
+	for (i = 0; i < m->ctx->nworkers; i++)
+		worker_post(&m->ctx->workers[i], NULL, 1);
+	/* Closing the handles ends the main loop; a second signal kills. */
+	for (i = 0; i < m->nsig; i++)
+		uv_close((uv_handle_t *)&m->sig[i], NULL);
+}
+
+static int
+run(struct proxy_ctx *ctx)
+{
+	static const int	 signums[] = { SIGTERM, SIGINT, SIGHUP };
+	struct main_state	 m = { .ctx = ctx };
+	struct config		*cfg = ctx->cfg;
+	unsigned		 i, j;
+	int			 r;
+
+	ctx->nworkers = cfg->workers;
+	if ((ctx->workers = calloc(ctx->nworkers, sizeof(*ctx->workers))) ==
+	    NULL)
+		fatalx("out of memory");
+	for (i = 0; i < ctx->nworkers; i++) {
+		ctx->workers[i].nlisteners = cfg->nlisten;
+		for (j = 0; j < cfg->nlisten; j++) {
+			r = bind_listener(&cfg->listen[j],
+			    &ctx->workers[i].fds[j]);
+			if (r < 0) {
+				log_error("cannot listen on %s: %s",
+				    cfg->listen[j].text, strerror(-r));
+				return 1;
+			}
+		}
+	}
+	signal(SIGPIPE, SIG_IGN);
+	for (i = 0; i < sizeof(signums) / sizeof(signums[0]); i++) {
+		uv_signal_init(uv_default_loop(), &m.sig[i]);
+		m.sig[i].data = &m;
+		uv_signal_start(&m.sig[i], signal_cb, signums[i]);
+		m.nsig++;
+	}
+	for (i = 0; i < ctx->nworkers; i++)
+		if ((r = worker_start(ctx, &ctx->workers[i], i)) < 0)
+			fatalx("worker %u: %s", i, uv_strerror(r));
+	log_info("smtpgate %s started: %u workers, listening on %s%s, "
+	    "backend %s", SMTPGATE_VERSION, ctx->nworkers, cfg->listen[0].text,
+	    cfg->nlisten > 1 ? " and more" : "", cfg->backends[0].text);
+	uv_run(uv_default_loop(), UV_RUN_DEFAULT);
+	for (i = 0; i < ctx->nworkers; i++)
+		worker_join(&ctx->workers[i]);
+	uv_loop_close(uv_default_loop());
+	log_info("smtpgate stopped: %llu transactions relayed",
+	    (unsigned long long)atomic_load(&ctx->ntx));
+	free(ctx->workers);
+	config_unref(ctx->cfg);
+	return 0;
+}
+
+int
+main(int argc, char *argv[])
+{
+	struct proxy_ctx	 ctx;
+	const char		*path = NULL;
+	int			 ch, test = 0;
+
+	while ((ch = getopt(argc, argv, "c:tVh")) != -1) {
+		switch (ch) {
+		case 'c':
+			path = optarg;
+			break;
+		case 't':
+			test = 1;
+			break;
+		case 'V':
+			printf("smtpgate %s\n", SMTPGATE_VERSION);
+			return 0;
+		default:
+			usage();
+		}
+	}
+	if (path == NULL || optind != argc)
+		usage();
+	memset(&ctx, 0, sizeof(ctx));
+	ctx.config_path = path;
+	if ((ctx.cfg = load(path)) == NULL)
+		return 1;
+	if (test) {
+		printf("smtpgate: configuration %s is valid\n", path);
+		config_unref(ctx.cfg);
+		return 0;
+	}
+	log_set_level(ctx.cfg->log_level);
+	return run(&ctx);
+}

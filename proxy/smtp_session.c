@@ -1,0 +1,1395 @@
+/*
+ * smtp_session.c: one inbound SMTP session and its relay to the backend.
+ *
+ * Input is read into a pooled buffer and consumed with a cursor.  Commands
+ * are taken in order; MAIL, RCPT, DATA and RSET go to the backend (pipelined
+ * when it offers PIPELINING) and their replies come back in the same order,
+ * so the replies to the client stay in order too: a command answered here
+ * waits until every earlier backend reply is in (fly_n == 0).  Replies are
+ * gathered in s->out and written once per round, so a pipelined group is
+ * answered in as few writes as possible.
+ *
+ * Message data is scanned (smtp_dscan) and written to the backend straight
+ * from the input buffer; while such a write is pending the buffer is pinned
+ * and the client is not read, which bounds memory whatever the message size.
+ */
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "gate.h"
+#include "log.h"
+#include "smtp_parse.h"
+#include "smtp_reply.h"
+#include "smtp_session.h"
+
+#define OUT_SIZE	2048	/* replies waiting to be written */
+#define REPLY_RESERVE	1024	/* room a command needs for its replies */
+#define FLY_MAX		32	/* commands in flight at the backend */
+
+enum smtp_state {
+	S_INIT,		/* greeted; no HELO/EHLO yet */
+	S_HELO,		/* HELO/EHLO done, no transaction */
+	S_MAIL,		/* MAIL sent (RCPTs may follow) */
+	S_DATA,		/* DATA accepted: message bytes flow */
+	S_DOT,		/* final dot sent, waiting for the backend */
+	S_QUIT,		/* QUIT answered */
+	S__COUNT
+};
+
+static const char *const smtp_strstate[S__COUNT] = {
+	"INIT", "HELO", "MAIL", "DATA", "DOT", "QUIT"
+};
+
+/* What a command in flight at the backend is. */
+enum fly_kind {
+	F_MAIL,		/* relay the reply; 2xx starts the transaction */
+	F_RCPT,		/* relay; 2xx counts a recipient */
+	F_DATA,		/* relay; 354 starts the data phase */
+	F_DOT,		/* relay; the transaction ends */
+	F_RSET,		/* relay */
+	F_RSET_QUIET,	/* our own RSET (client's EHLO mid-transaction) */
+	F_EXPN		/* relay */
+};
+
+enum tx_abort {
+	TX_OK,		/* nothing wrong so far */
+	TX_OVERSIZE,	/* grew past max_message_size: 552 */
+	TX_SMUGGLE,	/* bare CR or LF in the data: 550 5.5.2 */
+	TX_BACKEND	/* backend lost during the data phase: 451 */
+};
+
+#define SF_CLOSING	0x0001	/* uv_close() called */
+#define SF_CLOSE_AFTER	0x0002	/* close once the output is written */
+#define SF_OUT_WRITING	0x0004	/* a client write is pending */
+#define SF_PINNED	0x0008	/* the backend writes from our input buffer */
+#define SF_SKIP		0x0010	/* discarding an over-long line */
+#define SF_AWAIT	0x0020	/* waiting for DATA's or the dot's reply */
+#define SF_READING	0x0040	/* uv_read_start() in effect */
+#define SF_DRAIN	0x0080	/* shutdown: close when idle */
+#define SF_BE_FAILED	0x0100	/* backend setup failed: answer the waiting
+				 * command with 451 4.4.1 */
+#define SF_BE_READY	0x0200	/* s->be reached READY */
+
+/* The transaction in progress. */
+struct smtp_tx {
+	unsigned		nrcpt_sent;	/* RCPTs forwarded */
+	unsigned		nrcpt_ok;	/* ... accepted by the backend */
+	unsigned		nrcpt_rej;	/* ... refused by it */
+	unsigned		smtputf8:1;	/* MAIL had SMTPUTF8 */
+	enum tx_abort		abort;		/* why the data is refused */
+	enum smtp_reply_id	abort_reply;	/* reply for TX_BACKEND */
+	struct smtp_dscan	scan;		/* DATA scanner state */
+	uint64_t		started;	/* uv_now() at MAIL */
+	char			from[264];	/* reverse path, for the log */
+	char			rcpts[256];	/* forward paths, for the log */
+};
+
+/* Reverse DNS lookup in the thread pool; s is cleared if the session ends. */
+struct rdns_req {
+	uv_work_t		 work;		/* the thread pool request */
+	struct smtp_session	*s;		/* owner, NULL once it is gone */
+	struct sockaddr_storage	 ss;		/* the client's address */
+	char			 name[256];	/* result, or "[UNAVAILABLE]" */
+};
+
+struct smtp_session {
+	struct smtp_session	*next, *prev;	/* worker's list */
+	struct worker		*w;		/* owning worker */
+	struct config		*cfg;		/* config this session started with */
+	uint64_t		 id;		/* unique in the process */
+	char			 idstr[20];	/* id in hex, for the log */
+	uv_tcp_t		 tcp;		/* the client connection */
+	uv_timer_t		 timer;		/* command / data timeout */
+	uv_write_t		 wreq;		/* the one pending client write */
+	int			 nopen;		/* handles not yet closed */
+	enum smtp_state		 state;		/* protocol state */
+	unsigned		 flags;		/* SF_* */
+	unsigned		 errors;	/* command errors so far */
+	unsigned		 ntx;		/* transactions relayed */
+	uint64_t		 started;	/* uv_now() at accept */
+	char			 addr[INET6_ADDRSTRLEN];	/* client address */
+	struct be_client	 client;	/* what XCLIENT tells the backend */
+	struct rdns_req		*rdns;		/* lookup in progress, or NULL */
+	struct be_conn		*be;		/* backend connection, or NULL */
+	char			*in;		/* pooled input buffer, or NULL */
+	size_t			 in_start;	/* first unconsumed byte */
+	size_t			 in_end;	/* end of input read */
+	uint8_t			 fly[FLY_MAX];	/* enum fly_kind, a ring */
+	unsigned		 fly_head;	/* oldest entry */
+	unsigned		 fly_n;		/* entries in flight */
+	int			 fly_fail;	/* -1, or the reply every entry
+						 * in flight gets (backend lost) */
+	struct smtp_tx		 tx;		/* the current transaction */
+	size_t			 out_len;	/* bytes in out */
+	char			 out[OUT_SIZE];	/* replies to write */
+};
+
+enum step { STEP_WAIT, STEP_AGAIN };
+enum cmd_res { CMD_WAIT, CMD_DONE };
+
+static void smtp_process(struct smtp_session *);
+static void smtp_close(struct smtp_session *, const char *);
+static void smtp_flush(struct smtp_session *);
+
+static const struct be_callbacks smtp_be_callbacks;
+
+/* ---- State, output, errors ------------------------------------------- */
+
+static void
+smtp_enter_state(struct smtp_session *s, enum smtp_state st)
+{
+	if (s->state == st)
+		return;
+	log_debug("session=%s state %s -> %s", s->idstr,
+	    smtp_strstate[s->state], smtp_strstate[st]);
+	s->state = st;
+}
+
+static int
+smtp_out_room(struct smtp_session *s, size_t n)
+{
+	return !(s->flags & SF_OUT_WRITING) && OUT_SIZE - s->out_len >= n;
+}
+
+static void
+smtp_out(struct smtp_session *s, const char *buf, size_t len)
+{
+	if (!smtp_out_room(s, len))
+		fatalx("%s: no room for %zu bytes", __func__, len);
+	memcpy(s->out + s->out_len, buf, len);
+	s->out_len += len;
+	log_debug("session=%s > %.*s", s->idstr,
+	    (int)(len > 2 ? len - 2 : len), buf);
+}
+
+/* Queues one of our own replies.  The caller made sure there is room. */
+static void
+smtp_reply(struct smtp_session *s, enum smtp_reply_id id, const char *arg)
+{
+	char	buf[600];
+	size_t	n;
+
+	n = smtp_reply_format(buf, sizeof(buf), id,
+	    arg ? arg : s->cfg->hostname);
+	if (n == 0)
+		fatalx("%s: reply %d does not fit", __func__, id);
+	smtp_out(s, buf, n);
+}
+
+/* A command error: the reply, then 421 and close past max_errors. */
+static void
+smtp_error(struct smtp_session *s, enum smtp_reply_id id, const char *arg)
+{
+	smtp_reply(s, id, arg);
+	if (++s->errors >= s->cfg->max_errors) {
+		log_info("session=%s client=%s too many errors (%u)", s->idstr,
+		    s->addr, s->errors);
+		smtp_reply(s, RPL_TOO_MANY_ERRORS, NULL);
+		s->flags |= SF_CLOSE_AFTER;
+	}
+}
+
+/* Nonzero when nothing is in flight, so a local reply keeps the order. */
+static int
+smtp_local(struct smtp_session *s)
+{
+	return s->fly_n == 0;
+}
+
+/* ---- Transactions -------------------------------------------------------- */
+
+static void
+smtp_fly_push(struct smtp_session *s, enum fly_kind k)
+{
+	if (s->fly_n == FLY_MAX)
+		fatalx("%s: ring full", __func__);
+	s->fly[(s->fly_head + s->fly_n++) % FLY_MAX] = (uint8_t)k;
+}
+
+static enum fly_kind
+smtp_fly_pop(struct smtp_session *s)
+{
+	enum fly_kind k = s->fly[s->fly_head];
+
+	s->fly_head = (s->fly_head + 1) % FLY_MAX;
+	if (--s->fly_n == 0)
+		s->fly_fail = -1;
+	return k;
+}
+
+static unsigned
+smtp_fly_timeout(const struct smtp_session *s)
+{
+	const struct config *c = s->cfg;
+
+	if (s->fly_n == 0)
+		return 0;
+	switch (s->fly[s->fly_head]) {
+	case F_MAIL:	return c->to_be_mail;
+	case F_RCPT:	return c->to_be_rcpt;
+	case F_DATA:	return c->to_be_data_init;
+	case F_DOT:	return c->to_be_data_done;
+	default:	return c->to_be_helo;
+	}
+}
+
+/* Logs the end of a transaction: status is the reply code the client got. */
+static void
+smtp_tx_log(struct smtp_session *s, int status, const char *reply, size_t len)
+{
+	const char *eol = memchr(reply, '\r', len);
+
+	if (eol != NULL)
+		len = (size_t)(eol - reply);
+	log_info("tx session=%s client=%s helo=%s from=%s rcpts=%s "
+	    "nrcpt=%u/%u size=%llu status=%d reply=\"%.*s\" duration=%.3f",
+	    s->idstr, s->addr, s->client.helo[0] ? s->client.helo : "-",
+	    s->tx.from, s->tx.rcpts[0] ? s->tx.rcpts : "-",
+	    s->tx.nrcpt_ok, s->tx.nrcpt_sent,
+	    (unsigned long long)s->tx.scan.bytes, status, (int)len, reply,
+	    (double)(uv_now(&s->w->loop) - s->tx.started) / 1000.0);
+	s->ntx++;
+	atomic_fetch_add(&s->w->ctx->ntx, 1);
+}
+
+/* Forgets the transaction; the session is back at S_HELO. */
+static void
+smtp_tx_clear(struct smtp_session *s)
+{
+	memset(&s->tx, 0, offsetof(struct smtp_tx, from));
+	s->tx.from[0] = s->tx.rcpts[0] = '\0';
+	if (s->state > S_HELO && s->state != S_QUIT)
+		smtp_enter_state(s, S_HELO);
+}
+
+/*
+ * Resets a transaction the client abandons (EHLO/HELO mid-transaction):
+ * the backend gets an RSET of ours whose reply nobody sees.
+ */
+static void
+smtp_tx_abandon(struct smtp_session *s)
+{
+	if (s->state >= S_MAIL && s->be != NULL &&
+	    be_send(s->be, "RSET", 4) == 0)
+		smtp_fly_push(s, F_RSET_QUIET);
+	smtp_tx_clear(s);
+}
+
+static void
+smtp_tx_append(char *dst, size_t size, const char *p, size_t len)
+{
+	size_t used = strlen(dst);
+
+	if (used + len + 2 >= size) {
+		if (used + 4 < size && strcmp(dst + used - 3, "...") != 0)
+			memcpy(dst + used, ",...", 5);
+		return;
+	}
+	if (used)
+		dst[used++] = ',';
+	memcpy(dst + used, p, len);
+	dst[used + len] = '\0';
+}
+
+/* ---- Backend ------------------------------------------------------------- */
+
+/*
+ * Makes sure a ready backend connection exists.  Returns 1 when ready, 0
+ * to wait (set-up in progress), -1 when it failed (reply 451 4.4.1).
+ */
+static int
+smtp_be_want(struct smtp_session *s)
+{
+	if (s->flags & SF_BE_FAILED) {
+		s->flags &= ~SF_BE_FAILED;
+		return -1;
+	}
+	if (s->rdns != NULL)
+		return 0;
+	if (s->be == NULL) {
+		s->flags &= ~SF_BE_READY;
+		s->be = be_open(&s->w->loop, s->cfg, &s->client,
+		    &smtp_be_callbacks, s);
+		if (s->be == NULL)
+			return -1;
+		return 0;
+	}
+	return be_ready(s->be) ? 1 : 0;
+}
+
+/*
+ * Queues a command for the backend, flushing once if the buffer is full.
+ * Returns 0, or -1 to wait for a pending write.
+ */
+static int
+smtp_be_send(struct smtp_session *s, const char *line, size_t len)
+{
+	if (be_send(s->be, line, len) == 0)
+		return 0;
+	if (be_flush(s->be) != 0)
+		return -1;
+	return be_send(s->be, line, len);
+}
+
+/* Which EHLO keyword the backend needs to receive a parameter. */
+static unsigned
+smtp_param_ext(const struct smtp_param *p)
+{
+	static const struct { const char *key; unsigned ext; } map[] = {
+		{ "SIZE", SMTP_EXT_SIZE }, { "BODY", SMTP_EXT_8BITMIME },
+		{ "SMTPUTF8", SMTP_EXT_SMTPUTF8 }, { "RET", SMTP_EXT_DSN },
+		{ "ENVID", SMTP_EXT_DSN }, { "NOTIFY", SMTP_EXT_DSN },
+		{ "ORCPT", SMTP_EXT_DSN },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+		if (strlen(map[i].key) == p->keylen &&
+		    strncasecmp(map[i].key, p->key, p->keylen) == 0)
+			return map[i].ext;
+	return 0;
+}
+
+/*
+ * Builds "MAIL FROM:<path> PARAMS" or "RCPT TO:<path> PARAMS" for the
+ * backend: the path and each parameter as received, keeping only the
+ * parameters of extensions the backend offers.  Returns the length.
+ */
+static size_t
+smtp_envelope_line(struct smtp_session *s, const struct smtp_mailrcpt *m,
+    int is_rcpt, char *buf, size_t size)
+{
+	const char	*verb = is_rcpt ? "RCPT TO:" : "MAIL FROM:";
+	unsigned	 ext = be_extensions(s->be);
+	size_t		 len, plen;
+	int		 i;
+
+	len = strlen(verb);
+	memcpy(buf, verb, len);
+	memcpy(buf + len, m->path.raw, m->path.rawlen);
+	len += m->path.rawlen;
+	for (i = 0; i < m->nparams; i++) {
+		const struct smtp_param *p = &m->params[i];
+
+		if (!(ext & smtp_param_ext(p))) {
+			log_debug("session=%s dropping %.*s: backend lacks it",
+			    s->idstr, (int)p->keylen, p->key);
+			continue;
+		}
+		plen = p->val ? (size_t)(p->val + p->vallen - p->key) :
+		    p->keylen;
+		if (len + 1 + plen > size)
+			break;
+		buf[len++] = ' ';
+		memcpy(buf + len, p->key, plen);
+		len += plen;
+	}
+	return len;
+}
+
+/* ---- Commands -------------------------------------------------------------- */
+
+static const char *
+smtp_trim(const char *arg, size_t *len)
+{
+	while (*len && *arg == ' ') {
+		arg++;
+		(*len)--;
+	}
+	while (*len && arg[*len - 1] == ' ')
+		(*len)--;
+	return arg;
+}
+
+static enum cmd_res
+smtp_cmd_helo(struct smtp_session *s, enum smtp_verb v, const char *arg,
+    size_t len)
+{
+	char	buf[600];
+	size_t	n;
+
+	if (!smtp_local(s))
+		return CMD_WAIT;
+	arg = smtp_trim(arg, &len);
+	if (len == 0) {
+		smtp_error(s, RPL_HELO_SYNTAX, smtp_verb_name(v));
+		return CMD_DONE;
+	}
+	smtp_tx_abandon(s);
+	if (len >= sizeof(s->client.helo))
+		len = sizeof(s->client.helo) - 1;
+	memcpy(s->client.helo, arg, len);
+	s->client.helo[len] = '\0';
+	s->client.esmtp = v == SMTP_V_EHLO;
+	if (s->state < S_HELO)
+		smtp_enter_state(s, S_HELO);
+	if (v == SMTP_V_HELO) {
+		smtp_reply(s, RPL_HELO, NULL);
+		return CMD_DONE;
+	}
+	n = (size_t)snprintf(buf, sizeof(buf),
+	    "250-%s\r\n250-PIPELINING\r\n250-SIZE %llu\r\n250-8BITMIME\r\n"
+	    "250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 DSN\r\n",
+	    s->cfg->hostname, (unsigned long long)s->cfg->max_message_size);
+	smtp_out(s, buf, n);
+	return CMD_DONE;
+}
+
+/* Maps a MAIL/RCPT argument error to its reply. */
+static enum smtp_reply_id
+smtp_arg_reply(enum smtp_arg_err e, int is_rcpt)
+{
+	switch (e) {
+	case SMTP_ARG_SYNTAX:
+		return is_rcpt ? RPL_RCPT_SYNTAX : RPL_MAIL_SYNTAX;
+	case SMTP_ARG_PATH:
+		return is_rcpt ? RPL_RCPT_ADDR_SYNTAX : RPL_SENDER_SYNTAX;
+	case SMTP_ARG_PARAM_UNKNOWN:
+		return RPL_PARAM_UNKNOWN;
+	case SMTP_ARG_UTF8:
+		return RPL_UTF8_REQUIRED;
+	default:
+		return RPL_PARAM_SYNTAX;
+	}
+}
+
+/*
+ * MAIL and RCPT: checked here, then forwarded.  A local reply waits for
+ * the replies in flight.
+ */
+static enum cmd_res
+smtp_cmd_envelope(struct smtp_session *s, enum smtp_verb v, const char *arg,
+    size_t len)
+{
+	struct smtp_mailrcpt	 m;
+	struct smtp_mail_opts	 o;
+	enum smtp_arg_err	 e;
+	int			 is_rcpt = v == SMTP_V_RCPT;
+	char			 line[1024];
+	size_t			 n;
+
+	if (!is_rcpt && s->state < S_HELO) {
+		if (!smtp_local(s))
+			return CMD_WAIT;
+		smtp_error(s, RPL_NEED_HELO, NULL);
+		return CMD_DONE;
+	}
+	if (s->state != (is_rcpt ? S_MAIL : S_HELO)) {
+		if (!smtp_local(s))
+			return CMD_WAIT;
+		smtp_error(s, is_rcpt ? RPL_NEED_MAIL : RPL_NESTED_MAIL, NULL);
+		return CMD_DONE;
+	}
+	e = smtp_mailrcpt_parse(arg, len, is_rcpt, &m);
+	if (e == SMTP_ARG_OK)
+		e = smtp_params_check(&m, is_rcpt, s->tx.smtputf8, &o);
+	if (e != SMTP_ARG_OK) {
+		if (!smtp_local(s))
+			return CMD_WAIT;
+		smtp_error(s, smtp_arg_reply(e, is_rcpt), NULL);
+		return CMD_DONE;
+	}
+	if (!is_rcpt && o.size > s->cfg->max_message_size) {
+		if (!smtp_local(s))
+			return CMD_WAIT;
+		smtp_reply(s, RPL_SIZE_EXCEEDED, NULL);
+		return CMD_DONE;
+	}
+	if (is_rcpt &&
+	    s->tx.nrcpt_sent - s->tx.nrcpt_rej >= s->cfg->max_recipients) {
+		if (!smtp_local(s))
+			return CMD_WAIT;
+		smtp_reply(s, RPL_TOO_MANY_RCPT, NULL);
+		return CMD_DONE;
+	}
+	if (!is_rcpt) {
+		switch (smtp_be_want(s)) {
+		case 0:
+			return CMD_WAIT;
+		case -1:
+			if (!smtp_local(s))
+				return CMD_WAIT;
+			smtp_reply(s, RPL_BE_UNAVAILABLE, NULL);
+			return CMD_DONE;
+		}
+	}
+	if (s->be == NULL || s->fly_n == FLY_MAX)
+		return CMD_WAIT;
+	if (!(be_extensions(s->be) & SMTP_EXT_PIPELINING) && s->fly_n > 0)
+		return CMD_WAIT;
+	n = smtp_envelope_line(s, &m, is_rcpt, line, sizeof(line));
+	if (smtp_be_send(s, line, n) < 0)
+		return CMD_WAIT;
+	if (is_rcpt) {
+		smtp_fly_push(s, F_RCPT);
+		s->tx.nrcpt_sent++;
+		smtp_tx_append(s->tx.rcpts, sizeof(s->tx.rcpts), m.path.raw,
+		    m.path.rawlen);
+	} else {
+		smtp_fly_push(s, F_MAIL);
+		memset(&s->tx, 0, offsetof(struct smtp_tx, from));
+		s->tx.smtputf8 = o.smtputf8;
+		s->tx.started = uv_now(&s->w->loop);
+		s->tx.rcpts[0] = '\0';
+		n = m.path.rawlen < sizeof(s->tx.from) ? m.path.rawlen :
+		    sizeof(s->tx.from) - 1;
+		memcpy(s->tx.from, m.path.raw, n);
+		s->tx.from[n] = '\0';
+		smtp_enter_state(s, S_MAIL);
+	}
+	return CMD_DONE;
+}
+
+static enum cmd_res
+smtp_cmd_data(struct smtp_session *s, enum smtp_verb v, const char *arg,
+    size_t len)
+{
+	(void)v;
+	(void)arg;
+	/* Every RCPT reply must be in before we know whether DATA may go. */
+	if (!smtp_local(s))
+		return CMD_WAIT;
+	if (len != 0) {
+		smtp_error(s, RPL_NO_ARGS, "DATA");
+		return CMD_DONE;
+	}
+	if (s->state != S_MAIL || s->be == NULL) {
+		smtp_error(s, s->state < S_HELO ? RPL_NEED_HELO : RPL_NEED_MAIL,
+		    NULL);
+		return CMD_DONE;
+	}
+	if (s->tx.nrcpt_ok == 0) {
+		smtp_error(s, s->tx.nrcpt_sent ? RPL_NO_VALID_RCPT : RPL_NEED_RCPT,
+		    NULL);
+		return CMD_DONE;
+	}
+	if (smtp_be_send(s, "DATA", 4) < 0)
+		return CMD_WAIT;
+	smtp_fly_push(s, F_DATA);
+	s->flags |= SF_AWAIT;
+	return CMD_DONE;
+}
+
+static enum cmd_res
+smtp_cmd_rset(struct smtp_session *s, enum smtp_verb v, const char *arg,
+    size_t len)
+{
+	(void)v;
+	(void)arg;
+	if (len != 0) {
+		if (!smtp_local(s))
+			return CMD_WAIT;
+		smtp_error(s, RPL_NO_ARGS, "RSET");
+		return CMD_DONE;
+	}
+	if (s->be != NULL && be_ready(s->be) && s->fly_n < FLY_MAX) {
+		if (smtp_be_send(s, "RSET", 4) < 0)
+			return CMD_WAIT;
+		smtp_fly_push(s, F_RSET);
+		smtp_tx_clear(s);
+		return CMD_DONE;
+	}
+	if (!smtp_local(s))
+		return CMD_WAIT;
+	smtp_tx_clear(s);
+	smtp_reply(s, RPL_OK, NULL);
+	return CMD_DONE;
+}
+
+static enum cmd_res
+smtp_cmd_expn(struct smtp_session *s, enum smtp_verb v, const char *arg,
+    size_t len)
+{
+	char line[600];
+
+	if (!s->cfg->smtp_expn || s->state < S_HELO) {
+		if (!smtp_local(s))
+			return CMD_WAIT;
+		smtp_error(s, s->cfg->smtp_expn ? RPL_NEED_HELO :
+		    RPL_EXPN_DISABLED, NULL);
+		return CMD_DONE;
+	}
+	switch (smtp_be_want(s)) {
+	case 0:
+		return CMD_WAIT;
+	case -1:
+		if (!smtp_local(s))
+			return CMD_WAIT;
+		smtp_reply(s, RPL_BE_UNAVAILABLE, NULL);
+		return CMD_DONE;
+	}
+	if (s->fly_n == FLY_MAX)
+		return CMD_WAIT;
+	len = (size_t)snprintf(line, sizeof(line), "%s %.*s", smtp_verb_name(v),
+	    (int)(len < 512 ? len : 512), arg);
+	if (smtp_be_send(s, line, len) < 0)
+		return CMD_WAIT;
+	smtp_fly_push(s, F_EXPN);
+	return CMD_DONE;
+}
+
+/* Commands answered here alone. */
+static enum cmd_res
+smtp_cmd_local(struct smtp_session *s, enum smtp_verb v, const char *arg,
+    size_t len)
+{
+	(void)arg;
+	if (!smtp_local(s))
+		return CMD_WAIT;
+	switch (v) {
+	case SMTP_V_NOOP:
+		smtp_reply(s, RPL_OK, NULL);
+		break;
+	case SMTP_V_VRFY:
+		smtp_reply(s, RPL_VRFY, NULL);
+		break;
+	case SMTP_V_HELP:
+		smtp_reply(s, RPL_HELP, NULL);
+		break;
+	case SMTP_V_QUIT:
+		if (len != 0) {
+			smtp_error(s, RPL_NO_ARGS, "QUIT");
+			break;
+		}
+		smtp_reply(s, RPL_BYE, NULL);
+		smtp_enter_state(s, S_QUIT);
+		s->flags |= SF_CLOSE_AFTER;
+		break;
+	case SMTP_V_XCLIENT:
+	case SMTP_V_XFORWARD:
+		log_info("session=%s client=%s refused %s", s->idstr, s->addr,
+		    smtp_verb_name(v));
+		smtp_error(s, RPL_XCLIENT_DENIED, NULL);
+		break;
+	case SMTP_V_STARTTLS:
+	case SMTP_V_AUTH:
+	case SMTP_V_BDAT:
+		smtp_error(s, RPL_NOT_IMPLEMENTED, NULL);
+		break;
+	default:
+		smtp_error(s, RPL_UNKNOWN, NULL);
+		break;
+	}
+	return CMD_DONE;
+}
+
+typedef enum cmd_res (*smtp_cmd_fn)(struct smtp_session *, enum smtp_verb,
+    const char *, size_t);
+
+/* The command table, indexed by verb. */
+static const smtp_cmd_fn smtp_commands[SMTP_V__COUNT] = {
+	[SMTP_V_UNKNOWN]	= smtp_cmd_local,
+	[SMTP_V_HELO]		= smtp_cmd_helo,
+	[SMTP_V_EHLO]		= smtp_cmd_helo,
+	[SMTP_V_MAIL]		= smtp_cmd_envelope,
+	[SMTP_V_RCPT]		= smtp_cmd_envelope,
+	[SMTP_V_DATA]		= smtp_cmd_data,
+	[SMTP_V_RSET]		= smtp_cmd_rset,
+	[SMTP_V_NOOP]		= smtp_cmd_local,
+	[SMTP_V_QUIT]		= smtp_cmd_local,
+	[SMTP_V_VRFY]		= smtp_cmd_local,
+	[SMTP_V_EXPN]		= smtp_cmd_expn,
+	[SMTP_V_HELP]		= smtp_cmd_local,
+	[SMTP_V_STARTTLS]	= smtp_cmd_local,
+	[SMTP_V_AUTH]		= smtp_cmd_local,
+	[SMTP_V_BDAT]		= smtp_cmd_local,
+	[SMTP_V_XCLIENT]	= smtp_cmd_local,
+	[SMTP_V_XFORWARD]	= smtp_cmd_local,
+};
+
+/* ---- Message data ------------------------------------------------------ */
+
+/* The client's final dot arrived. */
+static void
+smtp_data_done(struct smtp_session *s)
+{
+	static const enum smtp_reply_id abort_replies[] = {
+		[TX_OVERSIZE] = RPL_SIZE_EXCEEDED,
+		[TX_SMUGGLE] = RPL_SMUGGLING,
+	};
+	enum smtp_reply_id	id;
+	size_t			start = s->out_len;
+
+	if (s->tx.abort == TX_OK) {
+		smtp_fly_push(s, F_DOT);
+		s->flags |= SF_AWAIT;
+		smtp_enter_state(s, S_DOT);
+		return;
+	}
+	/* Without its final dot the backend never completes the message. */
+	if (s->be != NULL) {
+		be_close(s->be, 0);
+		s->be = NULL;
+	}
+	id = s->tx.abort == TX_BACKEND ? s->tx.abort_reply :
+	    abort_replies[s->tx.abort];
+	log_info("session=%s client=%s message refused: %s", s->idstr,
+	    s->addr, s->tx.abort == TX_OVERSIZE ? "over max_message_size" :
+	    s->tx.abort == TX_SMUGGLE ? "bare CR or LF in data" :
+	    "backend lost");
+	smtp_reply(s, id, NULL);
+	smtp_tx_log(s, smtp_replies[id].code, s->out + start + 4,
+	    s->out_len - start - 4);
+	smtp_tx_clear(s);
+}
+
+static enum step
+smtp_data_step(struct smtp_session *s)
+{
+	const char	*p = s->in + s->in_start;
+	size_t		 n, fwd, avail = s->in_end - s->in_start;
+	uint64_t	 msg;
+	int		 done = 0, was_ok = s->tx.abort == TX_OK;
+
+	if (s->in == NULL || avail == 0)
+		return STEP_WAIT;
+	n = smtp_dscan(&s->tx.scan, p, avail, &fwd, &done);
+	if (n == 0)
+		return STEP_WAIT;
+	msg = s->tx.scan.bytes - (done ? 3 : 0);
+	if (was_ok && msg > s->cfg->max_message_size) {
+		s->tx.abort = TX_OVERSIZE;
+		fwd = 0;
+	} else if (was_ok && s->tx.scan.bad)
+		s->tx.abort = TX_SMUGGLE;
+	if (was_ok && fwd > 0 && s->be != NULL &&
+	    be_write_data(s->be, p, fwd) != 0)
+		s->flags |= SF_PINNED;
+	s->in_start += n;
+	if (done)
+		smtp_data_done(s);
+	return STEP_AGAIN;
+}
+
+/* ---- The input loop ------------------------------------------------------ */
+
+/* Answers one command in flight locally after the backend was lost. */
+static void
+smtp_fly_fail_one(struct smtp_session *s)
+{
+	enum smtp_reply_id	id = (enum smtp_reply_id)s->fly_fail;
+	size_t			start = s->out_len;
+
+	switch (smtp_fly_pop(s)) {
+	case F_RSET_QUIET:
+		return;
+	case F_RSET:
+		smtp_reply(s, RPL_OK, NULL);
+		return;
+	case F_DOT:
+		smtp_reply(s, id, NULL);
+		smtp_tx_log(s, smtp_replies[id].code, s->out + start + 4,
+		    s->out_len - start - 4);
+		/* FALLTHROUGH */
+	case F_DATA:
+		s->flags &= ~SF_AWAIT;
+		if (s->state != S_DOT && s->state != S_DATA)
+			smtp_reply(s, id, NULL);
+		smtp_tx_clear(s);
+		return;
+	default:
+		smtp_reply(s, id, NULL);
+		return;
+	}
+}
+
+static int
+smtp_idle(const struct smtp_session *s)
+{
+	return s->state <= S_HELO && s->fly_n == 0 &&
+	    !(s->flags & SF_AWAIT) && (s->be == NULL || be_ready(s->be));
+}
+
+static enum step
+smtp_step(struct smtp_session *s)
+{
+	const char		*line, *arg;
+	size_t			 avail, linelen, arglen, consumed, max;
+	enum smtp_line_status	 st;
+	enum smtp_verb		 v;
+	const char		*lf;
+
+	if (s->flags & (SF_CLOSING | SF_CLOSE_AFTER))
+		return STEP_WAIT;
+	if (!smtp_out_room(s, REPLY_RESERVE)) {
+		smtp_flush(s);
+		if (!smtp_out_room(s, REPLY_RESERVE))
+			return STEP_WAIT;
+	}
+	if (s->fly_fail >= 0 && s->fly_n > 0) {
+		smtp_fly_fail_one(s);
+		return STEP_AGAIN;
+	}
+	if ((s->flags & SF_DRAIN) && smtp_idle(s)) {
+		smtp_reply(s, RPL_SHUTDOWN, NULL);
+		s->flags |= SF_CLOSE_AFTER;
+		return STEP_WAIT;
+	}
+	if ((s->be != NULL && be_busy(s->be)) || (s->flags & SF_AWAIT))
+		return STEP_WAIT;
+	if (s->state == S_DATA)
+		return smtp_data_step(s);
+	if (s->in == NULL || (avail = s->in_end - s->in_start) == 0)
+		return STEP_WAIT;
+	if (s->flags & SF_SKIP) {
+		if ((lf = memchr(s->in + s->in_start, '\n', avail)) == NULL) {
+			s->in_start = s->in_end;
+			return STEP_WAIT;
+		}
+		s->in_start = (size_t)(lf - s->in) + 1;
+		s->flags &= ~SF_SKIP;
+		return STEP_AGAIN;
+	}
+	max = s->cfg->max_line_length < IOBUF_SIZE / 2 ?
+	    s->cfg->max_line_length : IOBUF_SIZE / 2;
+	st = smtp_line_parse(s->in + s->in_start, avail, max, &line, &linelen,
+	    &consumed);
+	switch (st) {
+	case SMTP_LINE_NEED_MORE:
+		return STEP_WAIT;
+	case SMTP_LINE_TOO_LONG:
+		if (!smtp_local(s))
+			return STEP_WAIT;
+		s->flags |= SF_SKIP;
+		smtp_error(s, RPL_LINE_TOO_LONG, NULL);
+		return STEP_AGAIN;
+	case SMTP_LINE_BARE:
+		if (!smtp_local(s))
+			return STEP_WAIT;
+		s->in_start += consumed;
+		smtp_error(s, RPL_BARE_EOL, NULL);
+		return STEP_AGAIN;
+	case SMTP_LINE_OK:
+		break;
+	}
+	v = smtp_cmd_parse(line, linelen, &arg, &arglen);
+	log_debug("session=%s < %.*s", s->idstr, (int)linelen, line);
+	if (smtp_commands[v](s, v, arg, arglen) == CMD_WAIT)
+		return STEP_WAIT;
+	s->in_start += consumed;
+	return STEP_AGAIN;
+}
+
+static void smtp_timeout_cb(uv_timer_t *);
+static void smtp_alloc_cb(uv_handle_t *, size_t, uv_buf_t *);
+static void smtp_read_cb(uv_stream_t *, ssize_t, const uv_buf_t *);
+
+/* Starts or stops reading, gives an empty buffer back to the pool. */
+static void
+smtp_update_io(struct smtp_session *s)
+{
+	int want;
+
+	if (s->flags & SF_CLOSING)
+		return;
+	if (s->in != NULL && s->in_start == s->in_end &&
+	    !(s->flags & SF_PINNED)) {
+		worker_buf_put(s->w, s->in);
+		s->in = NULL;
+		s->in_start = s->in_end = 0;
+	}
+	want = !(s->flags & (SF_CLOSE_AFTER | SF_OUT_WRITING)) &&
+	    !(s->be != NULL && be_busy(s->be)) &&
+	    (s->in == NULL || s->in_end < IOBUF_SIZE ||
+	    (s->in_start > 0 && !(s->flags & SF_PINNED)));
+	if (want && !(s->flags & SF_READING)) {
+		if (uv_read_start((uv_stream_t *)&s->tcp, smtp_alloc_cb,
+		    smtp_read_cb) == 0)
+			s->flags |= SF_READING;
+	} else if (!want && (s->flags & SF_READING)) {
+		uv_read_stop((uv_stream_t *)&s->tcp);
+		s->flags &= ~SF_READING;
+	}
+	if (s->be != NULL)
+		be_expect_reply(s->be, smtp_fly_timeout(s));
+}
+
+static void
+smtp_process(struct smtp_session *s)
+{
+	if (s->flags & SF_CLOSING)
+		return;
+	while (smtp_step(s) == STEP_AGAIN)
+		;
+	if (s->be != NULL)
+		be_flush(s->be);
+	smtp_flush(s);
+	smtp_update_io(s);
+}
+
+/* ---- Client I/O ---------------------------------------------------------- */
+
+static void
+smtp_timer_arm(struct smtp_session *s)
+{
+	if (!(s->flags & SF_CLOSING))
+		uv_timer_start(&s->timer, smtp_timeout_cb,
+		    s->state == S_DATA ? s->cfg->to_data : s->cfg->to_command, 0);
+}
+
+static void
+smtp_write_cb(uv_write_t *req, int status)
+{
+	struct smtp_session *s = req->data;
+
+	s->flags &= ~SF_OUT_WRITING;
+	s->out_len = 0;
+	if (s->flags & SF_CLOSING)
+		return;
+	if (status < 0) {
+		smtp_close(s, uv_strerror(status));
+		return;
+	}
+	if (s->flags & SF_CLOSE_AFTER) {
+		smtp_close(s, s->state == S_QUIT ? "quit" : "closed by us");
+		return;
+	}
+	smtp_timer_arm(s);
+	if (s->be != NULL)
+		be_resume(s->be);
+	smtp_process(s);
+}
+
+/* Writes the queued replies: one try_write, then one uv_write if needed. */
+static void
+smtp_flush(struct smtp_session *s)
+{
+	uv_buf_t	b;
+	int		n;
+
+	if (s->flags & (SF_OUT_WRITING | SF_CLOSING))
+		return;
+	if (s->out_len > 0) {
+		b = uv_buf_init(s->out, (unsigned)s->out_len);
+		n = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
+		if (n < 0)
+			n = 0;
+		if ((size_t)n < s->out_len) {
+			b = uv_buf_init(s->out + n, (unsigned)(s->out_len - n));
+			if (uv_write(&s->wreq, (uv_stream_t *)&s->tcp, &b, 1,
+			    smtp_write_cb) < 0) {
+				smtp_close(s, "write failed");
+				return;
+			}
+			s->flags |= SF_OUT_WRITING;
+			return;
+		}
+		s->out_len = 0;
+	}
+	if (s->flags & SF_CLOSE_AFTER)
+		smtp_close(s, s->state == S_QUIT ? "quit" : "closed by us");
+}
+
+static void
+smtp_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+	struct smtp_session *s = h->data;
+
+	(void)hint;
+	buf->base = NULL;
+	buf->len = 0;
+	if (s->in == NULL && (s->in = worker_buf_get(s->w)) == NULL)
+		return;
+	if (!(s->flags & SF_PINNED)) {
+		if (s->in_start == s->in_end) {
+			s->in_start = s->in_end = 0;
+		} else if (s->in_end == IOBUF_SIZE && s->in_start > 0) {
+			memmove(s->in, s->in + s->in_start,
+			    s->in_end - s->in_start);
+			s->in_end -= s->in_start;
+			s->in_start = 0;
+		}
+	}
+	buf->base = s->in + s->in_end;
+	buf->len = IOBUF_SIZE - s->in_end;
+}
+
+static void
+smtp_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+	struct smtp_session *s = st->data;
+
+	(void)buf;
+	if (s->flags & SF_CLOSING)
+		return;
+	if (nread < 0) {
+		if (nread == UV_ENOBUFS) {
+			/* Out of memory for a buffer: stop until output moves. */
+			uv_read_stop(st);
+			s->flags &= ~SF_READING;
+			return;
+		}
+		smtp_close(s, nread == UV_EOF ? "client disconnected" :
+		    uv_strerror((int)nread));
+		return;
+	}
+	if (nread == 0)
+		return;
+	s->in_end += (size_t)nread;
+	smtp_timer_arm(s);
+	smtp_process(s);
+}
+
+static void
+smtp_timeout_cb(uv_timer_t *t)
+{
+	struct smtp_session *s = t->data;
+
+	/* Waiting for the backend is timed by the backend's own timer. */
+	if (s->fly_n > 0 || (s->flags & SF_AWAIT) ||
+	    (s->be != NULL && !be_ready(s->be))) {
+		smtp_timer_arm(s);
+		return;
+	}
+	log_info("session=%s client=%s timeout in state %s", s->idstr,
+	    s->addr, smtp_strstate[s->state]);
+	if (smtp_out_room(s, REPLY_RESERVE))
+		smtp_reply(s, RPL_TIMEOUT, NULL);
+	s->flags |= SF_CLOSE_AFTER;
+	smtp_flush(s);
+	if (!(s->flags & SF_CLOSING) && (s->flags & SF_OUT_WRITING))
+		smtp_close(s, "timeout");
+}
+
+/* ---- Backend callbacks --------------------------------------------------- */
+
+static void
+smtp_be_ready_cb(void *arg)
+{
+	struct smtp_session *s = arg;
+
+	s->flags |= SF_BE_READY;
+	log_debug("session=%s backend %s ready", s->idstr,
+	    be_server_name(s->be));
+	smtp_process(s);
+}
+
+static int
+smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
+{
+	struct smtp_session	*s = arg;
+	enum fly_kind		 k;
+
+	if (s->fly_n == 0) {
+		log_warn("session=%s backend %s unsolicited reply: %.*s",
+		    s->idstr, be_server_name(s->be),
+		    (int)(len > 2 ? len - 2 : len), reply);
+		be_close(s->be, 0);
+		s->be = NULL;
+		return 0;
+	}
+	k = s->fly[s->fly_head];
+	if (k != F_RSET_QUIET && !smtp_out_room(s, len)) {
+		smtp_flush(s);
+		if (!smtp_out_room(s, len))
+			return -1;
+	}
+	smtp_fly_pop(s);
+	switch (k) {
+	case F_MAIL:
+		if (code / 100 != 2 && s->state == S_MAIL)
+			smtp_tx_clear(s);
+		break;
+	case F_RCPT:
+		if (code / 100 == 2)
+			s->tx.nrcpt_ok++;
+		else
+			s->tx.nrcpt_rej++;
+		break;
+	case F_DATA:
+		s->flags &= ~SF_AWAIT;
+		if (code == 354 && s->state == S_MAIL) {
+			memset(&s->tx.scan, 0, sizeof(s->tx.scan));
+			smtp_enter_state(s, S_DATA);
+			smtp_timer_arm(s);
+		}
+		break;
+	case F_DOT:
+		s->flags &= ~SF_AWAIT;
+		smtp_tx_log(s, code, reply + 4, len > 4 ? len - 4 : 0);
+		smtp_tx_clear(s);
+		break;
+	case F_RSET_QUIET:
+		return 0;
+	case F_RSET:
+	case F_EXPN:
+		break;
+	}
+	smtp_out(s, reply, len);
+	return 0;
+}
+
+static void
+smtp_be_batch_cb(void *arg)
+{
+	smtp_process(arg);
+}
+
+static void
+smtp_be_write_done_cb(void *arg)
+{
+	struct smtp_session *s = arg;
+
+	s->flags &= ~SF_PINNED;
+	smtp_process(s);
+}
+
+static void
+smtp_be_fail_cb(void *arg, enum be_fail why)
+{
+	struct smtp_session *s = arg;
+	enum smtp_reply_id id = why == BE_FAIL_TIMEOUT ? RPL_BE_TIMEOUT :
+	    RPL_BE_LOST;
+
+	s->be = NULL;
+	s->flags &= ~SF_PINNED;
+	if (!(s->flags & SF_BE_READY)) {
+		/* Set-up failed: the waiting MAIL gets 451 4.4.1. */
+		s->flags |= SF_BE_FAILED;
+	} else {
+		s->flags &= ~SF_BE_READY;
+		if (s->fly_n > 0)
+			s->fly_fail = (int)id;
+		if (s->state == S_DATA) {
+			if (s->tx.abort == TX_OK) {
+				s->tx.abort = TX_BACKEND;
+				s->tx.abort_reply = id;
+			}
+		} else if (s->state == S_MAIL)
+			smtp_enter_state(s, S_HELO);
+	}
+	smtp_process(s);
+}
+
+static const struct be_callbacks smtp_be_callbacks = {
+	.on_ready = smtp_be_ready_cb,
+	.on_reply = smtp_be_reply_cb,
+	.on_batch = smtp_be_batch_cb,
+	.on_write_done = smtp_be_write_done_cb,
+	.on_fail = smtp_be_fail_cb,
+};
+
+/* ---- Reverse DNS ------------------------------------------------------- */
+
+/* Thread pool: PTR lookup, confirmed by a forward lookup. */
+static void
+smtp_rdns_work(uv_work_t *req)
+{
+	struct rdns_req	*r = req->data;
+	struct addrinfo	 hints, *res, *ai;
+	char		 a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
+	socklen_t	 len = r->ss.ss_family == AF_INET6 ?
+	    sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+	int		 ok = 0;
+
+	if (getnameinfo((struct sockaddr *)&r->ss, len, r->name,
+	    sizeof(r->name), NULL, 0, NI_NAMEREQD) == 0) {
+		memset(&hints, 0, sizeof(hints));
+		hints.ai_family = r->ss.ss_family;
+		hints.ai_socktype = SOCK_STREAM;
+		if (getaddrinfo(r->name, NULL, &hints, &res) == 0) {
+			getnameinfo((struct sockaddr *)&r->ss, len, a,
+			    sizeof(a), NULL, 0, NI_NUMERICHOST);
+			for (ai = res; ai != NULL && !ok; ai = ai->ai_next)
+				ok = getnameinfo(ai->ai_addr, ai->ai_addrlen,
+				    b, sizeof(b), NULL, 0,
+				    NI_NUMERICHOST) == 0 && strcmp(a, b) == 0;
+			freeaddrinfo(res);
+		}
+	}
+	if (!ok)
+		strcpy(r->name, "[UNAVAILABLE]");
+}
+
+static void
+smtp_rdns_done(uv_work_t *req, int status)
+{
+	struct rdns_req		*r = req->data;
+	struct smtp_session	*s = r->s;
+
+	(void)status;
+	if (s != NULL) {
+		s->rdns = NULL;
+		memcpy(s->client.name, r->name, sizeof(s->client.name));
+		log_debug("session=%s client=%s name=%s", s->idstr, s->addr,
+		    s->client.name);
+		smtp_process(s);
+	}
+	free(r);
+}
+
+static void
+smtp_rdns_start(struct smtp_session *s, const struct sockaddr_storage *ss)
+{
+	struct rdns_req *r;
+
+	if (!s->cfg->smtp_reverse_dns || (r = calloc(1, sizeof(*r))) == NULL)
+		return;
+	r->s = s;
+	r->ss = *ss;
+	r->work.data = r;
+	if (uv_queue_work(&s->w->loop, &r->work, smtp_rdns_work,
+	    smtp_rdns_done) < 0) {
+		free(r);
+		return;
+	}
+	s->rdns = r;
+}
+
+/* ---- Life cycle ---------------------------------------------------------- */
+
+static void
+smtp_free(struct smtp_session *s)
+{
+	struct worker *w = s->w;
+
+	if (s->prev != NULL)
+		s->prev->next = s->next;
+	else
+		w->sessions = s->next;
+	if (s->next != NULL)
+		s->next->prev = s->prev;
+	if (s->in != NULL)
+		worker_buf_put(w, s->in);
+	config_unref(s->cfg);
+	atomic_fetch_sub(&w->ctx->nconns, 1);
+	free(s);
+	worker_session_gone(w);
+}
+
+static void
+smtp_closed_cb(uv_handle_t *h)
+{
+	struct smtp_session *s = h->data;
+
+	if (--s->nopen == 0)
+		smtp_free(s);
+}
+
+static void
+smtp_close(struct smtp_session *s, const char *why)
+{
+	if (s->flags & SF_CLOSING)
+		return;
+	s->flags |= SF_CLOSING;
+	if (s->be != NULL) {
+		/* QUIT when idle; a bare close aborts a transaction. */
+		be_close(s->be, smtp_idle(s));
+		s->be = NULL;
+	}
+	if (s->rdns != NULL)
+		s->rdns->s = NULL;
+	log_info("session end session=%s client=%s helo=%s transactions=%u "
+	    "errors=%u state=%s reason=\"%s\" duration=%.3f", s->idstr,
+	    s->addr, s->client.helo[0] ? s->client.helo : "-", s->ntx,
+	    s->errors, smtp_strstate[s->state], why,
+	    (double)(uv_now(&s->w->loop) - s->started) / 1000.0);
+	uv_close((uv_handle_t *)&s->tcp, smtp_closed_cb);
+	uv_close((uv_handle_t *)&s->timer, smtp_closed_cb);
+}
+
+void
+smtp_session_shutdown(struct smtp_session *s, int force)
+{
+	if (s->flags & SF_CLOSING)
+		return;
+	s->flags |= SF_DRAIN;
+	if (!force) {
+		smtp_process(s);
+		return;
+	}
+	if (!(s->flags & SF_CLOSE_AFTER) && smtp_out_room(s, REPLY_RESERVE))
+		smtp_reply(s, RPL_SHUTDOWN, NULL);
+	s->flags |= SF_CLOSE_AFTER;
+	smtp_flush(s);
+	smtp_close(s, "shutdown");
+}
+
+struct smtp_session *
+smtp_session_next(struct smtp_session *s)
+{
+	return s->next;
+}
+
+/* Fills s->addr and the XCLIENT address and port from the peer. */
+static int
+smtp_peer(struct smtp_session *s, struct sockaddr_storage *ss)
+{
+	int len = sizeof(*ss);
+
+	if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)ss, &len) < 0)
+		return -1;
+	if (ss->ss_family == AF_INET6) {
+		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+
+		uv_ip6_name(a6, s->addr, sizeof(s->addr));
+		s->client.port = ntohs(a6->sin6_port);
+		snprintf(s->client.addr, sizeof(s->client.addr), "IPV6:%s",
+		    s->addr);
+	} else {
+		struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+
+		uv_ip4_name(a4, s->addr, sizeof(s->addr));
+		s->client.port = ntohs(a4->sin_port);
+		snprintf(s->client.addr, sizeof(s->client.addr), "%s", s->addr);
+	}
+	return 0;
+}
+
+void
+smtp_session_accept(struct worker *w, uv_stream_t *listener)
+{
+	struct smtp_session	*s;
+	struct sockaddr_storage	 ss;
+	unsigned		 n;
+
+	if ((s = calloc(1, sizeof(*s))) == NULL) {
+		log_error("accept: out of memory");
+		return;
+	}
+	uv_tcp_init(&w->loop, &s->tcp);
+	uv_timer_init(&w->loop, &s->timer);
+	s->tcp.data = s->timer.data = s->wreq.data = s;
+	s->nopen = 2;
+	s->w = w;
+	s->cfg = config_ref(w->cfg);
+	s->fly_fail = -1;
+	s->id = (w->next_id++ << 6) | w->idx;
+	snprintf(s->idstr, sizeof(s->idstr), "%06llx", (unsigned long long)s->id);
+	s->started = uv_now(&w->loop);
+	strcpy(s->addr, "unknown");
+	strcpy(s->client.name, "[UNAVAILABLE]");
+	s->next = w->sessions;
+	if (s->next != NULL)
+		s->next->prev = s;
+	w->sessions = s;
+	w->nsessions++;
+	n = atomic_fetch_add(&w->ctx->nconns, 1) + 1;
+	if (uv_accept(listener, (uv_stream_t *)&s->tcp) < 0 ||
+	    smtp_peer(s, &ss) < 0) {
+		smtp_close(s, "accept failed");
+		return;
+	}
+	uv_tcp_nodelay(&s->tcp, 1);
+	if (n > s->cfg->max_connections) {
+		log_warn("session=%s client=%s refused: %u connections",
+		    s->idstr, s->addr, n - 1);
+		smtp_reply(s, RPL_TOO_MANY_CONN, NULL);
+		s->flags |= SF_CLOSE_AFTER;
+		smtp_flush(s);
+		return;
+	}
+	log_debug("session=%s connect from %s port %u", s->idstr, s->addr,
+	    s->client.port);
+	smtp_rdns_start(s, &ss);
+	if (w->draining)
+		s->flags |= SF_DRAIN;
+	smtp_reply(s, RPL_GREETING, NULL);
+	smtp_timer_arm(s);
+	smtp_process(s);
+}

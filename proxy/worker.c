@@ -1,0 +1,172 @@
+/*
+ * worker.c: a worker thread: one loop, its listeners, its sessions.
+ */
+#include <stdlib.h>
+
+#include "gate.h"
+#include "log.h"
+#include "smtp_session.h"
+
+char *
+worker_buf_get(struct worker *w)
+{
+	if (w->npool > 0)
+		return w->pool[--w->npool];
+	return malloc(IOBUF_SIZE);
+}
+
+void
+worker_buf_put(struct worker *w, char *buf)
+{
+	if (w->npool < IOBUF_POOL)
+		w->pool[w->npool++] = buf;
+	else
+		free(buf);
+}
+
+static void
+worker_on_conn(uv_stream_t *listener, int status)
+{
+	struct worker *w = listener->data;
+
+	if (status < 0) {
+		log_warn("worker=%u accept: %s", w->idx, uv_strerror(status));
+		return;
+	}
+	smtp_session_accept(w, listener);
+}
+
+/* Closes what keeps the loop alive once no session is left. */
+static void
+worker_maybe_exit(struct worker *w)
+{
+	if (!w->draining || w->nsessions > 0)
+		return;
+	if (!uv_is_closing((uv_handle_t *)&w->async))
+		uv_close((uv_handle_t *)&w->async, NULL);
+	if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
+		uv_close((uv_handle_t *)&w->drain_timer, NULL);
+}
+
+void
+worker_session_gone(struct worker *w)
+{
+	w->nsessions--;
+	worker_maybe_exit(w);
+}
+
+static void
+worker_drain_timeout_cb(uv_timer_t *t)
+{
+	struct worker		*w = t->data;
+	struct smtp_session	*s, *next;
+
+	log_warn("worker=%u drain timeout: closing %u sessions", w->idx,
+	    w->nsessions);
+	for (s = w->sessions; s != NULL; s = next) {
+		next = smtp_session_next(s);
+		smtp_session_shutdown(s, 1);
+	}
+}
+
+/* Stops accepting and tells every session to finish. */
+static void
+worker_stop(struct worker *w)
+{
+	struct smtp_session	*s, *next;
+	unsigned		 i;
+
+	if (w->draining)
+		return;
+	w->draining = 1;
+	for (i = 0; i < w->nlisteners; i++)
+		uv_close((uv_handle_t *)&w->listeners[i], NULL);
+	for (s = w->sessions; s != NULL; s = next) {
+		next = smtp_session_next(s);
+		smtp_session_shutdown(s, 0);
+	}
+	if (w->nsessions > 0)
+		uv_timer_start(&w->drain_timer, worker_drain_timeout_cb,
+		    w->cfg->to_drain, 0);
+	worker_maybe_exit(w);
+}
+
+static void
+worker_async_cb(uv_async_t *a)
+{
+	struct worker	*w = a->data;
+	struct config	*cfg;
+	int		 stop;
+
+	uv_mutex_lock(&w->lock);
+	cfg = w->pending_cfg;
+	w->pending_cfg = NULL;
+	stop = w->stop_req;
+	uv_mutex_unlock(&w->lock);
+	if (cfg != NULL) {
+		config_unref(w->cfg);
+		w->cfg = cfg;
+	}
+	if (stop)
+		worker_stop(w);
+}
+
+static void
+worker_main(void *arg)
+{
+	struct worker	*w = arg;
+	unsigned	 i;
+	int		 r;
+
+	for (i = 0; i < w->nlisteners; i++) {
+		uv_tcp_init(&w->loop, &w->listeners[i]);
+		w->listeners[i].data = w;
+		if ((r = uv_tcp_open(&w->listeners[i], w->fds[i])) < 0 ||
+		    (r = uv_listen((uv_stream_t *)&w->listeners[i], 511,
+		    worker_on_conn)) < 0)
+			fatalx("worker=%u listen on %s: %s", w->idx,
+			    w->cfg->listen[i].text, uv_strerror(r));
+	}
+	uv_run(&w->loop, UV_RUN_DEFAULT);
+	while (w->npool > 0)
+		free(w->pool[--w->npool]);
+}
+
+int
+worker_start(struct proxy_ctx *ctx, struct worker *w, unsigned idx)
+{
+	w->ctx = ctx;
+	w->idx = idx;
+	w->cfg = config_ref(ctx->cfg);
+	uv_loop_init(&w->loop);
+	uv_mutex_init(&w->lock);
+	uv_async_init(&w->loop, &w->async, worker_async_cb);
+	w->async.data = w;
+	uv_timer_init(&w->loop, &w->drain_timer);
+	w->drain_timer.data = w;
+	return uv_thread_create(&w->thread, worker_main, w);
+}
+
+void
+worker_join(struct worker *w)
+{
+	uv_thread_join(&w->thread);
+	uv_loop_close(&w->loop);
+	uv_mutex_destroy(&w->lock);
+	config_unref(w->cfg);
+	config_unref(w->pending_cfg);
+}
+
+void
+worker_post(struct worker *w, struct config *cfg, int stop)
+{
+	uv_mutex_lock(&w->lock);
+	if (cfg != NULL) {
+		config_unref(w->pending_cfg);
+		w->pending_cfg = config_ref(cfg);
+	}
+	if (stop)
+		w->stop_req = 1;
+	uv_mutex_unlock(&w->lock);
+	uv_async_send(&w->async);
+}
