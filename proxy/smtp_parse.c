@@ -31,12 +31,12 @@
 struct cur {
 	const char	*p;		/* next octet to read */
 	const char	*end;		/* one past the last octet */
-	unsigned	 flags;		/* SMTP_PATH_* noticed while reading */
+	unsigned	 flags;		/* SMTP_PATH_* seen so far */
 };
 
 /* A keyword and the bit it stands for, for table lookups. */
 struct name_bit {
-	const char	*name;		/* keyword, matched case-insensitively */
+	const char	*name;		/* keyword, any case */
 	unsigned	 bit;		/* value returned on a match */
 };
 
@@ -718,7 +718,7 @@ param_orcpt(const struct smtp_param *p, struct smtp_mail_opts *o)
 struct param_rule {
 	const char	*key;		/* esmtp-keyword */
 	int		 is_rcpt;	/* 0: a MAIL parameter, 1: RCPT */
-	int		 has_val;	/* 1: "=value" required, 0: refused */
+	int		 has_val;	/* 1: needs "=value", 0: refuses */
 	int		(*check)(const struct smtp_param *,
 			    struct smtp_mail_opts *); /* 0 or -1 */
 };
@@ -827,7 +827,7 @@ smtp_dscan(struct smtp_dscan *s, const char *buf, size_t len, size_t *fwd,
 				s->state = DS_BOL;
 			break;
 		case '\n':
-			/* A bare LF does not start a line: "\n.\r\n" is data. */
+			/* A bare LF starts no line: "\n.\r\n" is data. */
 			dscan_offence(s, i, &clean, SMTP_DSCAN_BARE_LF);
 			s->state = DS_LINE;
 			i++;
@@ -1022,7 +1022,7 @@ smtp_xtext_encode(char *dst, size_t dstlen, const char *src, size_t len)
 	unsigned char		ch;
 
 	for (i = 0; i < len; i++) {
-		ch = src[i];
+		ch = (unsigned char)src[i];
 		if (ch < 33 || ch > 126 || ch == '+' || ch == '=') {
 			xtext_put(dst, dstlen, &n, '+');
 			xtext_put(dst, dstlen, &n, hex[ch >> 4]);

@@ -909,6 +909,13 @@ smtp_update_io(struct smtp_session *s)
 		be_expect_reply(s->be, smtp_fly_timeout(s));
 }
 
+static void smtp_timer_arm(struct smtp_session *);
+
+/*
+ * Runs every command the input holds as far as it can go, then writes what
+ * that produced.  Called after every event of the session; the client's
+ * timeout counts from the end of the last one.
+ */
 static void
 smtp_process(struct smtp_session *s)
 {
@@ -920,6 +927,7 @@ smtp_process(struct smtp_session *s)
 		be_flush(s->be);
 	smtp_flush(s);
 	smtp_update_io(s);
+	smtp_timer_arm(s);
 }
 
 /* ---- Client I/O ---------------------------------------------------------- */
@@ -949,7 +957,6 @@ smtp_write_cb(uv_write_t *req, int status)
 		smtp_close(s, s->state == S_QUIT ? "quit" : "closed by us");
 		return;
 	}
-	smtp_timer_arm(s);
 	if (s->be != NULL)
 		be_resume(s->be);
 	smtp_process(s);
@@ -1031,7 +1038,6 @@ smtp_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 	if (nread == 0)
 		return;
 	s->in_end += (size_t)nread;
-	smtp_timer_arm(s);
 	smtp_process(s);
 }
 
@@ -1106,7 +1112,6 @@ smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
 		if (code == 354 && s->state == S_MAIL) {
 			memset(&s->tx.scan, 0, sizeof(s->tx.scan));
 			smtp_enter_state(s, S_DATA);
-			smtp_timer_arm(s);
 		}
 		break;
 	case F_DOT:
@@ -1390,6 +1395,5 @@ smtp_session_accept(struct worker *w, uv_stream_t *listener)
 	if (w->draining)
 		s->flags |= SF_DRAIN;
 	smtp_reply(s, RPL_GREETING, NULL);
-	smtp_timer_arm(s);
 	smtp_process(s);
 }
