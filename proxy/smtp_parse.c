@@ -196,7 +196,7 @@ parse_u64(const char *p, size_t n, uint64_t *v)
 
 /*
  * Returns the length of the well-formed UTF-8 sequence (RFC 3629 4) of two
- * to four octets at p, which must not run past end, or 0 when there is
+ * to four octets at s, which must not run past end, or 0 when there is
  * none: overlong forms, surrogates and code points past U+10FFFF are
  * refused.
  */
@@ -256,7 +256,7 @@ eat(struct cur *c, int ch)
  * set, of well-formed UTF-8 characters (flagging SMTP_PATH_UTF8).  Returns
  * the number of octets taken, or -1 on a malformed UTF-8 sequence.
  */
-static int
+static ptrdiff_t
 run(struct cur *c, int (*ok)(int), int utf8)
 {
 	const char	*s = c->p;
@@ -277,7 +277,7 @@ run(struct cur *c, int (*ok)(int), int utf8)
 			c->flags |= SMTP_PATH_UTF8;
 		}
 	}
-	return (int)(c->p - s);
+	return c->p - s;
 }
 
 /* ---- Command lines ------------------------------------------------------- */
