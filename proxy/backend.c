@@ -331,6 +331,8 @@ be_parse(struct be_conn *be)
 		}
 		if (be->cb->on_reply(be->arg, code, be->rbuf + be->roff,
 		    (size_t)n) < 0) {
+			if (be->flags & BE_F_CLOSED)
+				return;
 			be->flags |= BE_F_HELD;
 			uv_read_stop((uv_stream_t *)&be->sock->tcp);
 			break;

@@ -251,7 +251,8 @@ smtp_tx_log(struct smtp_session *s, int status, const char *reply, size_t len)
 	    s->idstr, s->addr, s->client.helo[0] ? s->client.helo : "-",
 	    s->tx.from, s->tx.rcpts[0] ? s->tx.rcpts : "-",
 	    s->tx.nrcpt_ok, s->tx.nrcpt_sent,
-	    (unsigned long long)s->tx.scan.bytes, status, (int)len, reply,
+	    (unsigned long long)(s->tx.scan.bytes >= 3 ? s->tx.scan.bytes - 3 :
+	    0), status, (int)len, reply,
 	    (double)(uv_now(&s->w->loop) - s->tx.started) / 1000.0);
 	s->ntx++;
 	atomic_fetch_add(&s->w->ctx->ntx, 1);
@@ -297,6 +298,20 @@ smtp_tx_append(char *dst, size_t size, const char *p, size_t len)
 }
 
 /* ---- Backend ------------------------------------------------------------- */
+
+/*
+ * Closes the backend connection.  A pending data write is cancelled with
+ * it, so the input buffer is no longer pinned.
+ */
+static void
+smtp_be_drop(struct smtp_session *s, int quit)
+{
+	if (s->be == NULL)
+		return;
+	be_close(s->be, quit);
+	s->be = NULL;
+	s->flags &= ~(SF_PINNED | SF_BE_READY);
+}
 
 /*
  * Makes sure a ready backend connection exists.  Returns 1 when ready, 0
@@ -722,10 +737,7 @@ smtp_data_done(struct smtp_session *s)
 		return;
 	}
 	/* Without its final dot the backend never completes the message. */
-	if (s->be != NULL) {
-		be_close(s->be, 0);
-		s->be = NULL;
-	}
+	smtp_be_drop(s, 0);
 	id = s->tx.abort == TX_BACKEND ? s->tx.abort_reply :
 	    abort_replies[s->tx.abort];
 	log_info("session=%s client=%s message refused: %s", s->idstr,
@@ -1081,12 +1093,13 @@ smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
 	struct smtp_session	*s = arg;
 	enum fly_kind		 k;
 
+	if (s->flags & SF_CLOSING)
+		return 0;
 	if (s->fly_n == 0) {
 		log_warn("session=%s backend %s unsolicited reply: %.*s",
 		    s->idstr, be_server_name(s->be),
 		    (int)(len > 2 ? len - 2 : len), reply);
-		be_close(s->be, 0);
-		s->be = NULL;
+		smtp_be_drop(s, 0);
 		return 0;
 	}
 	k = s->fly[s->fly_head];
@@ -1282,11 +1295,8 @@ smtp_close(struct smtp_session *s, const char *why)
 	if (s->flags & SF_CLOSING)
 		return;
 	s->flags |= SF_CLOSING;
-	if (s->be != NULL) {
-		/* QUIT when idle; a bare close aborts a transaction. */
-		be_close(s->be, smtp_idle(s));
-		s->be = NULL;
-	}
+	/* QUIT when idle; a bare close aborts a transaction. */
+	smtp_be_drop(s, smtp_idle(s));
 	if (s->rdns != NULL)
 		s->rdns->s = NULL;
 	log_info("session end session=%s client=%s helo=%s transactions=%u "
