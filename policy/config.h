@@ -26,8 +26,12 @@ struct cfg_addr {
 };
 
 /* All durations are in milliseconds. */
+struct policy;
+
 struct config {
 	atomic_int	 refs;			/* references; freed at zero */
+	struct policy	*policy;		/* the compiled policy: of the
+						 * policy: file, or the empty one */
 	char		*path;			/* file it was loaded from */
 	char		*policy_path;		/* policy: file for the policy
 						 * rules, made absolute against

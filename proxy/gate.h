@@ -21,6 +21,7 @@
 #define IOBUF_POOL	64		/* idle buffers a worker keeps */
 
 struct smtp_session;
+struct pattern_scratch;
 
 struct proxy_ctx {
 	const char		*config_path;	/* -c FILE */
@@ -49,6 +50,7 @@ struct worker {
 	struct smtp_session	*sessions;	/* every open session */
 	unsigned		 nsessions;
 	uint64_t		 next_id;	/* session counter */
+	struct pattern_scratch	*scratch;	/* PCRE2 match data of this thread */
 	char			*pool[IOBUF_POOL];	/* free input buffers */
 	unsigned		 npool;
 };

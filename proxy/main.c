@@ -4,8 +4,11 @@
  *   smtpgate -c FILE        run
  *   smtpgate -t -c FILE     check the configuration and exit
  *   smtpgate -V             print the version
+ *   smtpgate -c FILE --explain client=IP [helo=..] [from=..] [rcpt=..]
+ *                           show what the policy decides, and exit
  */
 #include <errno.h>
+#include <getopt.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -14,6 +17,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "explain.h"
 #include "gate.h"
 #include "log.h"
 
@@ -21,6 +25,8 @@ static void
 usage(void)
 {
 	fprintf(stderr, "usage: smtpgate [-t] -c FILE\n"
+	    "       smtpgate -c FILE --explain client=IP [name=NAME] "
+	    "[helo=NAME] [from=ADDR] [rcpt=ADDR ...] [header=LINE ...]\n"
 	    "       smtpgate -V\n");
 	exit(2);
 }
@@ -169,17 +175,24 @@ run(struct proxy_ctx *ctx)
 int
 main(int argc, char *argv[])
 {
+	static const struct option longopts[] = {
+		{ "explain", no_argument, NULL, 'E' },
+		{ NULL, 0, NULL, 0 }
+	};
 	struct proxy_ctx	 ctx;
 	const char		*path = NULL;
-	int			 ch, test = 0;
+	int			 ch, test = 0, explain = 0, r;
 
-	while ((ch = getopt(argc, argv, "c:tVh")) != -1) {
+	while ((ch = getopt_long(argc, argv, "+c:tVh", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'c':
 			path = optarg;
 			break;
 		case 't':
 			test = 1;
+			break;
+		case 'E':
+			explain = 1;
 			break;
 		case 'V':
 			printf("smtpgate %s\n", SMTPGATE_VERSION);
@@ -188,12 +201,18 @@ main(int argc, char *argv[])
 			usage();
 		}
 	}
-	if (path == NULL || optind != argc)
+	if (path == NULL || (optind != argc && !explain))
 		usage();
 	memset(&ctx, 0, sizeof(ctx));
 	ctx.config_path = path;
 	if ((ctx.cfg = load(path)) == NULL)
 		return 1;
+	if (explain) {
+		log_set_level(LOG_LVL_INFO);
+		r = explain_run(ctx.cfg, argc - optind, argv + optind);
+		config_unref(ctx.cfg);
+		return r;
+	}
 	if (test) {
 		printf("smtpgate: configuration %s is valid\n", path);
 		config_unref(ctx.cfg);

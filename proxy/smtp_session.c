@@ -21,8 +21,10 @@
 #include <string.h>
 
 #include "backend.h"
+#include "filter.h"
 #include "gate.h"
 #include "log.h"
+#include "policy.h"
 #include "smtp_parse.h"
 #include "smtp_reply.h"
 #include "smtp_session.h"
@@ -60,7 +62,9 @@ enum tx_abort {
 	TX_OK,		/* nothing wrong so far */
 	TX_OVERSIZE,	/* grew past max_message_size: 552 */
 	TX_SMUGGLE,	/* bare CR or LF in the data: 550 5.5.2 */
-	TX_BACKEND	/* backend lost during the data phase: 451 */
+	TX_BACKEND,	/* backend lost during the data phase: 451 */
+	TX_FILTER	/* a filter refused it at the header or final-dot
+			 * stage: the reply is in s->flt.res */
 };
 
 #define SF_CLOSING	0x0001	/* uv_close() called */
@@ -74,6 +78,22 @@ enum tx_abort {
 #define SF_BE_FAILED	0x0100	/* backend setup failed: answer the waiting
 				 * command with 451 4.4.1 */
 #define SF_BE_READY	0x0200	/* s->be reached READY */
+#define SF_GREETED	0x0400	/* the connect stage is over, greeting sent */
+#define SF_REFUSED	0x0800	/* session refused: 503 to all but QUIT */
+#define SF_EOM		0x1000	/* final dot read, end-of-data stage due */
+
+#define HDR_MAX		1024	/* header bytes kept for the header stage */
+
+/* The header section as it streams past, for the header stage. */
+struct smtp_hdr {
+	char		*buf;		/* HDR_MAX bytes, NULL until the data
+					 * phase, freed with the transaction */
+	size_t		 len;		/* bytes kept in buf */
+	size_t		 line_start;	/* where the current line begins in buf */
+	size_t		 line_len;	/* its length so far (kept or not) */
+	int		 line_first;	/* its first byte */
+	int		 body;		/* the empty line was seen */
+};
 
 /* The transaction in progress. */
 struct smtp_tx {
@@ -83,7 +103,11 @@ struct smtp_tx {
 	unsigned		smtputf8:1;	/* MAIL had SMTPUTF8 */
 	enum tx_abort		abort;		/* why the data is refused */
 	enum smtp_reply_id	abort_reply;	/* reply for TX_BACKEND */
+	unsigned		rewrite;	/* FLT_RW_* of the sender */
 	struct smtp_dscan	scan;		/* DATA scanner state */
+	int			bol;		/* the last byte scanned ended a
+						 * line (or none was scanned) */
+	struct smtp_hdr		hdr;		/* header stage */
 	uint64_t		started;	/* uv_now() at MAIL */
 	char			from[264];	/* reverse path, for the log */
 	char			rcpts[256];	/* forward paths, for the log */
@@ -113,6 +137,7 @@ struct smtp_session {
 	unsigned		 ntx;		/* transactions relayed */
 	uint64_t		 started;	/* uv_now() at accept */
 	char			 addr[INET6_ADDRSTRLEN];	/* client address */
+	struct sockaddr_storage	 ss;		/* ... as a sockaddr */
 	struct be_client	 client;	/* what XCLIENT tells the backend */
 	struct rdns_req		*rdns;		/* lookup in progress, or NULL */
 	struct be_conn		*be;		/* backend connection, or NULL */
@@ -125,12 +150,19 @@ struct smtp_session {
 	int			 fly_fail;	/* -1, or the reply every entry
 						 * in flight gets (backend lost) */
 	struct smtp_tx		 tx;		/* the current transaction */
+	struct flt_run		 flt;		/* the filter stage in progress */
 	size_t			 out_len;	/* bytes in out */
 	char			 out[OUT_SIZE];	/* replies to write */
 };
 
 enum step { STEP_WAIT, STEP_AGAIN };
 enum cmd_res { CMD_WAIT, CMD_DONE };
+
+typedef enum cmd_res (*smtp_cmd_fn)(struct smtp_session *, enum smtp_verb,
+    const char *, size_t);
+
+static enum cmd_res smtp_cmd_local(struct smtp_session *, enum smtp_verb,
+    const char *, size_t);
 
 static void smtp_process(struct smtp_session *);
 static void smtp_close(struct smtp_session *, const char *);
@@ -262,6 +294,7 @@ smtp_tx_log(struct smtp_session *s, int status, const char *reply, size_t len)
 static void
 smtp_tx_clear(struct smtp_session *s)
 {
+	free(s->tx.hdr.buf);
 	memset(&s->tx, 0, offsetof(struct smtp_tx, from));
 	s->tx.from[0] = s->tx.rcpts[0] = '\0';
 	if (s->state > S_HELO && s->state != S_QUIT)
@@ -372,12 +405,14 @@ smtp_param_ext(const struct smtp_param *p)
 
 /*
  * Builds "MAIL FROM:<path> PARAMS" or "RCPT TO:<path> PARAMS" for the
- * backend: the path and each parameter as received, keeping only the
- * parameters of extensions the backend offers.  Returns the length.
+ * backend: the path as received (or without its source route when the
+ * filters asked for that) and each parameter as received, keeping only the
+ * parameters of extensions the backend offers.  Returns the length; the
+ * path's length is put in *pathlen.
  */
 static size_t
 smtp_envelope_line(struct smtp_session *s, const struct smtp_mailrcpt *m,
-    int is_rcpt, char *buf, size_t size)
+    int is_rcpt, unsigned rewrite, char *buf, size_t size, size_t *pathlen)
 {
 	const char	*verb = is_rcpt ? "RCPT TO:" : "MAIL FROM:";
 	unsigned	 ext = be_extensions(s->be);
@@ -386,8 +421,16 @@ smtp_envelope_line(struct smtp_session *s, const struct smtp_mailrcpt *m,
 
 	len = strlen(verb);
 	memcpy(buf, verb, len);
-	memcpy(buf + len, m->path.raw, m->path.rawlen);
-	len += m->path.rawlen;
+	if ((rewrite & FLT_RW_STRIP_ROUTE) && (m->path.flags & SMTP_PATH_ROUTE)) {
+		buf[len] = '<';
+		memcpy(buf + len + 1, m->path.mailbox, m->path.mailboxlen);
+		buf[len + 1 + m->path.mailboxlen] = '>';
+		*pathlen = m->path.mailboxlen + 2;
+	} else {
+		memcpy(buf + len, m->path.raw, m->path.rawlen);
+		*pathlen = m->path.rawlen;
+	}
+	len += *pathlen;
 	for (i = 0; i < m->nparams; i++) {
 		const struct smtp_param *p = &m->params[i];
 
@@ -405,6 +448,147 @@ smtp_envelope_line(struct smtp_session *s, const struct smtp_mailrcpt *m,
 		len += plen;
 	}
 	return len;
+}
+
+/* ---- Filters ------------------------------------------------------------- */
+
+static void
+smtp_flt_resumed_cb(void *arg)
+{
+	smtp_process(arg);
+}
+
+/*
+ * Runs filter stage st, or recalls its verdict when the command at hand
+ * already ran it (a command may be dispatched again after waiting).
+ * sender and rcpt are the paths of the command at hand; later stages see
+ * the transaction's sender.
+ */
+static enum flt_verdict
+smtp_filter(struct smtp_session *s, enum flt_stage st,
+    const struct smtp_path *sender, const struct smtp_path *rcpt,
+    const char *hdr, size_t hdrlen)
+{
+	struct flt_env		env;
+	struct smtp_mailrcpt	m;
+	char			buf[sizeof(s->tx.from) + 8];
+	int			n;
+
+	if (s->flt.state == FLT_RUN_DONE && s->flt.stage == st)
+		return s->flt.res.verdict;
+	memset(&env, 0, sizeof(env));
+	env.pol = s->cfg->policy;
+	env.scratch = s->w->scratch;
+	env.session = s->idstr;
+	env.hostname = s->cfg->hostname;
+	env.addr = (const struct sockaddr *)&s->ss;
+	env.addr_text = s->addr;
+	env.port = s->client.port;
+	env.client_name = strcmp(s->client.name, "[UNAVAILABLE]") == 0 ?
+	    "unknown" : s->client.name;
+	env.helo = s->client.helo;
+	env.sender = sender;
+	if (sender == NULL && s->state >= S_MAIL && s->tx.from[0] == '<') {
+		n = snprintf(buf, sizeof(buf), "FROM:%s", s->tx.from);
+		if (smtp_mailrcpt_parse(buf, (size_t)n, 0, &m) == SMTP_ARG_OK)
+			env.sender = &m.path;
+	}
+	env.rcpt = rcpt;
+	env.header = hdr;
+	env.headerlen = hdrlen;
+	env.size = s->tx.scan.bytes >= 3 ? s->tx.scan.bytes - 3 : 0;
+	return flt_run_stage(&s->flt, st, &env);
+}
+
+static int
+smtp_refusing(enum flt_verdict v)
+{
+	return v == FLT_REJECT || v == FLT_TEMPFAIL || v == FLT_REFUSE;
+}
+
+/* Logs the verdict that refused something. */
+static void
+smtp_verdict_log(struct smtp_session *s)
+{
+	const struct flt_result *r = &s->flt.res;
+
+	log_info("session=%s client=%s stage=%s filter=%s rule=%s verdict=%s "
+	    "reply=\"%d %s\"", s->idstr, s->addr, flt_stage_name(s->flt.stage),
+	    r->filter ? r->filter : "-", r->rule ? r->rule : "-",
+	    r->verdict == FLT_REFUSE ? "refuse" : r->verdict == FLT_TEMPFAIL ?
+	    "tempfail" : "reject", r->code, r->reply);
+}
+
+/* Refuses the session: no backend, 503 to everything but QUIT. */
+static void
+smtp_refuse_session(struct smtp_session *s)
+{
+	s->flags |= SF_REFUSED;
+	smtp_be_drop(s, 0);
+	smtp_tx_clear(s);
+}
+
+/*
+ * Answers the command at hand with the refusing verdict v of the stage just
+ * run (for FLT_REFUSE the session turns refused).  Returns 1 when it
+ * answered, 0 when v lets the command go on.  The caller made sure a local
+ * reply may be written now (smtp_local).
+ */
+static int
+smtp_refused(struct smtp_session *s, enum flt_verdict v)
+{
+	const struct flt_result	*r = &s->flt.res;
+	char			 buf[600];
+	int			 n;
+
+	if (!smtp_refusing(v))
+		return 0;
+	smtp_verdict_log(s);
+	n = snprintf(buf, sizeof(buf), "%03d %s\r\n", r->code, r->reply);
+	smtp_out(s, buf, (size_t)n);
+	if (v == FLT_REFUSE)
+		smtp_refuse_session(s);
+	return 1;
+}
+
+/* Before the greeting: the connect stage. */
+static enum step
+smtp_greet(struct smtp_session *s)
+{
+	enum flt_verdict	v;
+	char			buf[600];
+	int			n;
+
+	if (s->rdns != NULL)
+		return STEP_WAIT;
+	v = smtp_filter(s, FLT_CONNECT, NULL, NULL, NULL, 0);
+	if (v == FLT_PENDING)
+		return STEP_WAIT;
+	s->flags |= SF_GREETED;
+	if (v == FLT_TEMPFAIL) {
+		/* A 4xx greeting is 421, then the server closes (3.8). */
+		smtp_verdict_log(s);
+		n = snprintf(buf, sizeof(buf), "421 %s\r\n", s->flt.res.reply);
+		smtp_out(s, buf, (size_t)n);
+		s->flags |= SF_CLOSE_AFTER;
+	} else if (smtp_refusing(v)) {
+		s->flt.res.verdict = FLT_REFUSE;
+		smtp_refused(s, FLT_REFUSE);
+	} else
+		smtp_reply(s, RPL_GREETING, NULL);
+	flt_run_reset(&s->flt);
+	return STEP_AGAIN;
+}
+
+/* A refused session: QUIT works, everything else gets 503. */
+static enum cmd_res
+smtp_cmd_refused(struct smtp_session *s, enum smtp_verb v, const char *arg,
+    size_t len)
+{
+	if (v == SMTP_V_QUIT)
+		return smtp_cmd_local(s, v, arg, len);
+	smtp_reply(s, RPL_REFUSED_SESSION, NULL);
+	return CMD_DONE;
 }
 
 /* ---- Commands -------------------------------------------------------------- */
@@ -425,8 +609,9 @@ static enum cmd_res
 smtp_cmd_helo(struct smtp_session *s, enum smtp_verb v, const char *arg,
     size_t len)
 {
-	char	buf[600];
-	size_t	n;
+	enum flt_verdict	fv;
+	char			buf[600];
+	size_t			n;
 
 	if (!smtp_local(s))
 		return CMD_WAIT;
@@ -435,11 +620,16 @@ smtp_cmd_helo(struct smtp_session *s, enum smtp_verb v, const char *arg,
 		smtp_error(s, RPL_HELO_SYNTAX, smtp_verb_name(v));
 		return CMD_DONE;
 	}
-	smtp_tx_abandon(s);
 	if (len >= sizeof(s->client.helo))
 		len = sizeof(s->client.helo) - 1;
 	memcpy(s->client.helo, arg, len);
 	s->client.helo[len] = '\0';
+	fv = smtp_filter(s, FLT_HELO, NULL, NULL, NULL, 0);
+	if (fv == FLT_PENDING)
+		return CMD_WAIT;
+	if (smtp_refused(s, fv))
+		return CMD_DONE;
+	smtp_tx_abandon(s);
 	s->client.esmtp = v == SMTP_V_EHLO;
 	if (s->state < S_HELO)
 		smtp_enter_state(s, S_HELO);
@@ -484,9 +674,10 @@ smtp_cmd_envelope(struct smtp_session *s, enum smtp_verb v, const char *arg,
 	struct smtp_mailrcpt	 m;
 	struct smtp_mail_opts	 o;
 	enum smtp_arg_err	 e;
+	enum flt_verdict	 fv;
 	int			 is_rcpt = v == SMTP_V_RCPT;
 	char			 line[1024];
-	size_t			 n;
+	size_t			 n, pathlen;
 
 	if (!is_rcpt && s->state < S_HELO) {
 		if (!smtp_local(s))
@@ -522,6 +713,16 @@ smtp_cmd_envelope(struct smtp_session *s, enum smtp_verb v, const char *arg,
 		smtp_reply(s, RPL_TOO_MANY_RCPT, NULL);
 		return CMD_DONE;
 	}
+	fv = smtp_filter(s, is_rcpt ? FLT_RCPT : FLT_MAIL,
+	    is_rcpt ? NULL : &m.path, is_rcpt ? &m.path : NULL, NULL, 0);
+	if (fv == FLT_PENDING)
+		return CMD_WAIT;
+	if (smtp_refusing(fv)) {
+		if (!smtp_local(s))
+			return CMD_WAIT;
+		smtp_refused(s, fv);
+		return CMD_DONE;
+	}
 	if (!is_rcpt) {
 		switch (smtp_be_want(s)) {
 		case 0:
@@ -537,24 +738,23 @@ smtp_cmd_envelope(struct smtp_session *s, enum smtp_verb v, const char *arg,
 		return CMD_WAIT;
 	if (!(be_extensions(s->be) & SMTP_EXT_PIPELINING) && s->fly_n > 0)
 		return CMD_WAIT;
-	n = smtp_envelope_line(s, &m, is_rcpt, line, sizeof(line));
+	n = smtp_envelope_line(s, &m, is_rcpt, s->flt.res.rewrite, line,
+	    sizeof(line), &pathlen);
 	if (smtp_be_send(s, line, n) < 0)
 		return CMD_WAIT;
 	if (is_rcpt) {
 		smtp_fly_push(s, F_RCPT);
 		s->tx.nrcpt_sent++;
-		smtp_tx_append(s->tx.rcpts, sizeof(s->tx.rcpts), m.path.raw,
-		    m.path.rawlen);
+		smtp_tx_append(s->tx.rcpts, sizeof(s->tx.rcpts), line + 8,
+		    pathlen);
 	} else {
 		smtp_fly_push(s, F_MAIL);
-		memset(&s->tx, 0, offsetof(struct smtp_tx, from));
+		smtp_tx_clear(s);
 		s->tx.smtputf8 = o.smtputf8;
 		s->tx.started = uv_now(&s->w->loop);
-		s->tx.rcpts[0] = '\0';
-		n = m.path.rawlen < sizeof(s->tx.from) ? m.path.rawlen :
-		    sizeof(s->tx.from) - 1;
-		memcpy(s->tx.from, m.path.raw, n);
-		s->tx.from[n] = '\0';
+		/* The path as forwarded, after "MAIL FROM:". */
+		memcpy(s->tx.from, line + 10, pathlen);
+		s->tx.from[pathlen] = '\0';
 		smtp_enter_state(s, S_MAIL);
 	}
 	return CMD_DONE;
@@ -564,6 +764,8 @@ static enum cmd_res
 smtp_cmd_data(struct smtp_session *s, enum smtp_verb v, const char *arg,
     size_t len)
 {
+	enum flt_verdict fv;
+
 	(void)v;
 	(void)arg;
 	/* Every RCPT reply must be in before we know whether DATA may go. */
@@ -583,6 +785,11 @@ smtp_cmd_data(struct smtp_session *s, enum smtp_verb v, const char *arg,
 		    NULL);
 		return CMD_DONE;
 	}
+	fv = smtp_filter(s, FLT_DATA, NULL, NULL, NULL, 0);
+	if (fv == FLT_PENDING)
+		return CMD_WAIT;
+	if (smtp_refused(s, fv))
+		return CMD_DONE;
 	if (smtp_be_send(s, "DATA", 4) < 0)
 		return CMD_WAIT;
 	smtp_fly_push(s, F_DATA);
@@ -693,8 +900,6 @@ smtp_cmd_local(struct smtp_session *s, enum smtp_verb v, const char *arg,
 	return CMD_DONE;
 }
 
-typedef enum cmd_res (*smtp_cmd_fn)(struct smtp_session *, enum smtp_verb,
-    const char *, size_t);
 
 /* The command table, indexed by verb. */
 static const smtp_cmd_fn smtp_commands[SMTP_V__COUNT] = {
@@ -719,62 +924,203 @@ static const smtp_cmd_fn smtp_commands[SMTP_V__COUNT] = {
 
 /* ---- Message data ------------------------------------------------------ */
 
-/* The client's final dot arrived. */
+/*
+ * The message is refused at its end (too big, bare CR/LF, backend lost, or
+ * a filter at the header or end-of-data stage): the backend's transaction
+ * is aborted by closing its connection before the final dot, and the
+ * client is told why.
+ */
 static void
-smtp_data_done(struct smtp_session *s)
+smtp_data_abort(struct smtp_session *s)
 {
 	static const enum smtp_reply_id abort_replies[] = {
 		[TX_OVERSIZE] = RPL_SIZE_EXCEEDED,
 		[TX_SMUGGLE] = RPL_SMUGGLING,
 	};
-	enum smtp_reply_id	id;
-	size_t			start = s->out_len;
+	static const char *const why[] = {
+		[TX_OVERSIZE] = "over max_message_size",
+		[TX_SMUGGLE] = "bare CR or LF in data",
+		[TX_BACKEND] = "backend lost",
+		[TX_FILTER] = "refused by a filter",
+	};
+	size_t	start = s->out_len;
+	int	code, refuse = 0;
 
-	if (s->tx.abort == TX_OK) {
-		smtp_fly_push(s, F_DOT);
-		s->flags |= SF_AWAIT;
-		smtp_enter_state(s, S_DOT);
-		return;
-	}
 	/* Without its final dot the backend never completes the message. */
 	smtp_be_drop(s, 0);
-	id = s->tx.abort == TX_BACKEND ? s->tx.abort_reply :
-	    abort_replies[s->tx.abort];
 	log_info("session=%s client=%s message refused: %s", s->idstr,
-	    s->addr, s->tx.abort == TX_OVERSIZE ? "over max_message_size" :
-	    s->tx.abort == TX_SMUGGLE ? "bare CR or LF in data" :
-	    "backend lost");
-	smtp_reply(s, id, NULL);
-	smtp_tx_log(s, smtp_replies[id].code, s->out + start + 4,
-	    s->out_len - start - 4);
+	    s->addr, why[s->tx.abort]);
+	if (s->tx.abort == TX_FILTER) {
+		code = s->flt.res.code;
+		refuse = s->flt.res.verdict == FLT_REFUSE;
+		s->out_len += (size_t)snprintf(s->out + s->out_len,
+		    OUT_SIZE - s->out_len, "%03d %s\r\n", code, s->flt.res.reply);
+		flt_run_reset(&s->flt);
+	} else {
+		enum smtp_reply_id id = s->tx.abort == TX_BACKEND ?
+		    s->tx.abort_reply : abort_replies[s->tx.abort];
+
+		code = smtp_replies[id].code;
+		smtp_reply(s, id, NULL);
+	}
+	smtp_tx_log(s, code, s->out + start + 4, s->out_len - start - 4);
 	smtp_tx_clear(s);
+	if (refuse)
+		smtp_refuse_session(s);
+}
+
+/* Runs the header stage on the complete header field h->buf[0..len). */
+static void
+smtp_hdr_field(struct smtp_session *s, size_t len)
+{
+	enum flt_verdict v;
+
+	if (len == 0 || s->tx.abort != TX_OK)
+		return;
+	v = smtp_filter(s, FLT_HEADER, NULL, NULL, s->tx.hdr.buf, len);
+	if (smtp_refusing(v)) {
+		/* The verdict stays in s->flt until the end of data. */
+		smtp_verdict_log(s);
+		s->tx.abort = TX_FILTER;
+		return;
+	}
+	flt_run_reset(&s->flt);
+}
+
+/*
+ * Follows the header section through the message bytes p[0..n): gathers
+ * each field, unfolded (CRLF removed, the folding white space kept, at most
+ * HDR_MAX bytes), and hands it to the header stage.  Ends at the empty
+ * line.  The data itself is forwarded untouched elsewhere.
+ */
+static void
+smtp_hdr_feed(struct smtp_session *s, const char *p, size_t n)
+{
+	struct smtp_hdr	*h = &s->tx.hdr;
+	size_t		 i;
+
+	if (h->buf == NULL && (h->buf = malloc(HDR_MAX)) == NULL) {
+		h->body = 1;
+		return;
+	}
+	for (i = 0; i < n && !h->body; i++) {
+		if (p[i] == '\n') {
+			if (h->line_len == 0) {
+				smtp_hdr_field(s, h->line_start);
+				h->body = 1;
+				break;
+			}
+			if (h->line_first != ' ' && h->line_first != '\t') {
+				/* A new field: the one before it is whole. */
+				smtp_hdr_field(s, h->line_start);
+				memmove(h->buf, h->buf + h->line_start,
+				    h->len - h->line_start);
+				h->len -= h->line_start;
+			}
+			h->line_start = h->len;
+			h->line_len = 0;
+		} else if (p[i] != '\r') {
+			if (h->line_len++ == 0)
+				h->line_first = (unsigned char)p[i];
+			if (h->len < HDR_MAX)
+				h->buf[h->len++] = p[i];
+		}
+	}
+}
+
+/*
+ * How much of the input the scanner may see now: a final "." or ".\r" at
+ * the start of a line is kept back until its successor arrives, so the
+ * end-of-data sequence ".\r\n" is always consumed in one piece and can be
+ * held back from the backend until the end-of-data stage has decided.
+ */
+static size_t
+smtp_data_avail(const struct smtp_session *s, const char *p, size_t avail)
+{
+	size_t k;
+
+	if (avail >= 1 && p[avail - 1] == '.')
+		k = 1;
+	else if (avail >= 2 && p[avail - 1] == '\r' && p[avail - 2] == '.')
+		k = 2;
+	else
+		return avail;
+	if (avail > k ? p[avail - k - 1] == '\n' : s->tx.bol)
+		return avail - k;
+	return avail;
 }
 
 static enum step
 smtp_data_step(struct smtp_session *s)
 {
 	const char	*p = s->in + s->in_start;
-	size_t		 n, fwd, avail = s->in_end - s->in_start;
+	size_t		 n, fwd, avail;
 	uint64_t	 msg;
 	int		 done = 0, was_ok = s->tx.abort == TX_OK;
 
-	if (s->in == NULL || avail == 0)
+	if (s->in == NULL)
+		return STEP_WAIT;
+	avail = smtp_data_avail(s, p, s->in_end - s->in_start);
+	if (avail == 0)
 		return STEP_WAIT;
 	n = smtp_dscan(&s->tx.scan, p, avail, &fwd, &done);
 	if (n == 0)
 		return STEP_WAIT;
+	s->tx.bol = p[n - 1] == '\n';
 	msg = s->tx.scan.bytes - (done ? 3 : 0);
 	if (was_ok && msg > s->cfg->max_message_size) {
 		s->tx.abort = TX_OVERSIZE;
 		fwd = 0;
 	} else if (was_ok && s->tx.scan.bad)
 		s->tx.abort = TX_SMUGGLE;
+	else if (was_ok && done)
+		fwd -= 3;	/* ".\r\n" waits for the end-of-data stage */
+	if (s->tx.abort == TX_OK && !s->tx.hdr.body)
+		smtp_hdr_feed(s, p, done ? n - 3 : n);
 	if (was_ok && fwd > 0 && s->be != NULL &&
 	    be_write_data(s->be, p, fwd) != 0)
 		s->flags |= SF_PINNED;
 	s->in_start += n;
-	if (done)
-		smtp_data_done(s);
+	if (!done)
+		return STEP_AGAIN;
+	if (s->tx.abort == TX_OK && !s->tx.hdr.body)
+		smtp_hdr_field(s, s->tx.hdr.line_start);
+	if (s->tx.abort != TX_OK)
+		smtp_data_abort(s);
+	else
+		s->flags |= SF_EOM;
+	return STEP_AGAIN;
+}
+
+/* The final dot is in: the end-of-data stage, then the dot to the backend. */
+static enum step
+smtp_data_eom(struct smtp_session *s)
+{
+	static const char	dot[] = ".\r\n";
+	enum flt_verdict	v;
+
+	v = smtp_filter(s, FLT_EOM, NULL, NULL, NULL, 0);
+	if (v == FLT_PENDING)
+		return STEP_WAIT;
+	s->flags &= ~SF_EOM;
+	if (smtp_refusing(v)) {
+		smtp_verdict_log(s);
+		s->tx.abort = TX_FILTER;
+	} else
+		flt_run_reset(&s->flt);
+	if (s->tx.abort != TX_OK || s->be == NULL) {
+		if (s->tx.abort == TX_OK) {
+			s->tx.abort = TX_BACKEND;
+			s->tx.abort_reply = RPL_BE_LOST;
+		}
+		smtp_data_abort(s);
+		return STEP_AGAIN;
+	}
+	if (be_write_data(s->be, dot, sizeof(dot) - 1) != 0)
+		s->flags |= SF_PINNED;
+	smtp_fly_push(s, F_DOT);
+	s->flags |= SF_AWAIT;
+	smtp_enter_state(s, S_DOT);
 	return STEP_AGAIN;
 }
 
@@ -824,6 +1170,7 @@ smtp_step(struct smtp_session *s)
 	size_t			 avail, linelen, arglen, consumed, max;
 	enum smtp_line_status	 st;
 	enum smtp_verb		 v;
+	smtp_cmd_fn		 fn;
 	const char		*lf;
 
 	if (s->flags & (SF_CLOSING | SF_CLOSE_AFTER))
@@ -842,8 +1189,12 @@ smtp_step(struct smtp_session *s)
 		s->flags |= SF_CLOSE_AFTER;
 		return STEP_WAIT;
 	}
+	if (!(s->flags & SF_GREETED))
+		return smtp_greet(s);
 	if ((s->be != NULL && be_busy(s->be)) || (s->flags & SF_AWAIT))
 		return STEP_WAIT;
+	if (s->flags & SF_EOM)
+		return smtp_data_eom(s);
 	if (s->state == S_DATA)
 		return smtp_data_step(s);
 	if (s->in == NULL || (avail = s->in_end - s->in_start) == 0)
@@ -881,9 +1232,13 @@ smtp_step(struct smtp_session *s)
 	}
 	v = smtp_cmd_parse(line, linelen, &arg, &arglen);
 	log_debug("session=%s < %.*s", s->idstr, (int)linelen, line);
-	if (smtp_commands[v](s, v, arg, arglen) == CMD_WAIT)
+	fn = (s->flags & SF_REFUSED) ? smtp_cmd_refused : smtp_commands[v];
+	if (fn(s, v, arg, arglen) == CMD_WAIT)
 		return STEP_WAIT;
 	s->in_start += consumed;
+	/* The command has acted on its stage's verdict, if it had one. */
+	if (s->flt.state == FLT_RUN_DONE)
+		flt_run_reset(&s->flt);
 	return STEP_AGAIN;
 }
 
@@ -1124,6 +1479,7 @@ smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
 		s->flags &= ~SF_AWAIT;
 		if (code == 354 && s->state == S_MAIL) {
 			memset(&s->tx.scan, 0, sizeof(s->tx.scan));
+			s->tx.bol = 1;
 			smtp_enter_state(s, S_DATA);
 		}
 		break;
@@ -1274,6 +1630,7 @@ smtp_free(struct smtp_session *s)
 		s->next->prev = s->prev;
 	if (s->in != NULL)
 		worker_buf_put(w, s->in);
+	free(s->tx.hdr.buf);
 	config_unref(s->cfg);
 	atomic_fetch_sub(&w->ctx->nconns, 1);
 	free(s);
@@ -1299,6 +1656,7 @@ smtp_close(struct smtp_session *s, const char *why)
 	smtp_be_drop(s, smtp_idle(s));
 	if (s->rdns != NULL)
 		s->rdns->s = NULL;
+	flt_run_abandon(&s->flt);
 	log_info("session end session=%s client=%s helo=%s transactions=%u "
 	    "errors=%u state=%s reason=\"%s\" duration=%.3f", s->idstr,
 	    s->addr, s->client.helo[0] ? s->client.helo : "-", s->ntx,
@@ -1360,7 +1718,6 @@ void
 smtp_session_accept(struct worker *w, uv_stream_t *listener)
 {
 	struct smtp_session	*s;
-	struct sockaddr_storage	 ss;
 	unsigned		 n;
 
 	if ((s = calloc(1, sizeof(*s))) == NULL) {
@@ -1374,6 +1731,8 @@ smtp_session_accept(struct worker *w, uv_stream_t *listener)
 	s->w = w;
 	s->cfg = config_ref(w->cfg);
 	s->fly_fail = -1;
+	s->flt.owner = s;
+	s->flt.resumed = smtp_flt_resumed_cb;
 	s->id = (w->next_id++ << 6) | w->idx;
 	snprintf(s->idstr, sizeof(s->idstr), "%06llx", (unsigned long long)s->id);
 	s->started = uv_now(&w->loop);
@@ -1386,7 +1745,7 @@ smtp_session_accept(struct worker *w, uv_stream_t *listener)
 	w->nsessions++;
 	n = atomic_fetch_add(&w->ctx->nconns, 1) + 1;
 	if (uv_accept(listener, (uv_stream_t *)&s->tcp) < 0 ||
-	    smtp_peer(s, &ss) < 0) {
+	    smtp_peer(s, &s->ss) < 0) {
 		smtp_close(s, "accept failed");
 		return;
 	}
@@ -1401,9 +1760,8 @@ smtp_session_accept(struct worker *w, uv_stream_t *listener)
 	}
 	log_debug("session=%s connect from %s port %u", s->idstr, s->addr,
 	    s->client.port);
-	smtp_rdns_start(s, &ss);
+	smtp_rdns_start(s, &s->ss);
 	if (w->draining)
 		s->flags |= SF_DRAIN;
-	smtp_reply(s, RPL_GREETING, NULL);
 	smtp_process(s);
 }

@@ -5,6 +5,7 @@
 
 #include "gate.h"
 #include "log.h"
+#include "policy.h"
 #include "smtp_session.h"
 
 char *
@@ -138,6 +139,8 @@ worker_start(struct proxy_ctx *ctx, struct worker *w, unsigned idx)
 	w->ctx = ctx;
 	w->idx = idx;
 	w->cfg = config_ref(ctx->cfg);
+	if ((w->scratch = pattern_scratch_new()) == NULL)
+		return UV_ENOMEM;
 	uv_loop_init(&w->loop);
 	uv_mutex_init(&w->lock);
 	uv_async_init(&w->loop, &w->async, worker_async_cb);
@@ -155,6 +158,7 @@ worker_join(struct worker *w)
 	uv_mutex_destroy(&w->lock);
 	config_unref(w->cfg);
 	config_unref(w->pending_cfg);
+	pattern_scratch_free(w->scratch);
 }
 
 void

@@ -1,0 +1,199 @@
+/*
+ * filter.c: the filter table and the running of a stage.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "filter.h"
+#include "log.h"
+
+/* The filters, in their default order.  A new filter is one line here. */
+const struct flt_def *const flt_table[] = {
+	&flt_refuse,		/* refuse_clients: before anything else */
+	&flt_srcroute,		/* source routes: before the relay check */
+	&flt_relay,		/* relay permission */
+	&flt_rules,		/* PCRE2 rules */
+};
+const size_t flt_ntable = sizeof(flt_table) / sizeof(flt_table[0]);
+
+static const char *const flt_stage_names[FLT__STAGES] = {
+	"connect", "helo", "mail", "rcpt", "data", "header", "eom"
+};
+
+/* A pending answer: points back to the run, or NULL once orphaned. */
+struct flt_call {
+	struct flt_run	*run;		/* the waiting run, or NULL */
+};
+
+const struct flt_def *
+flt_lookup(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < flt_ntable; i++)
+		if (strcmp(flt_table[i]->name, name) == 0)
+			return flt_table[i];
+	return NULL;
+}
+
+const char *
+flt_stage_name(enum flt_stage st)
+{
+	return flt_stage_names[st];
+}
+
+enum flt_verdict
+flt_answer(struct flt_result *res, enum flt_verdict v, int code,
+    const char *fmt, ...)
+{
+	va_list ap;
+
+	res->verdict = v;
+	res->code = code;
+	va_start(ap, fmt);
+	vsnprintf(res->reply, sizeof(res->reply), fmt, ap);
+	va_end(ap);
+	return v;
+}
+
+/* The i-th filter of the policy's order. */
+static const struct flt_def *
+flt_nth(const struct policy *pol, size_t i, size_t *n)
+{
+	if (pol != NULL && pol->filters != NULL) {
+		*n = pol->nfilters;
+		return i < *n ? pol->filters[i] : NULL;
+	}
+	*n = flt_ntable;
+	return i < *n ? flt_table[i] : NULL;
+}
+
+/* Runs the filters of run->stage from run->next on. */
+static enum flt_verdict
+flt_continue(struct flt_run *run, const struct flt_env *env)
+{
+	const struct flt_def	*f;
+	struct flt_result	 r;
+	enum flt_verdict	 v;
+	size_t			 n;
+
+	for (; (f = flt_nth(env->pol, run->next, &n)) != NULL; run->next++) {
+		if (!(f->stages & FLT_STAGE(run->stage)))
+			continue;
+		memset(&r, 0, offsetof(struct flt_result, reply));
+		r.reply[0] = '\0';
+		r.filter = f->name;
+		v = f->hook(run->stage, env, &r);
+		run->res.rewrite |= r.rewrite;
+		if (v == FLT_PENDING) {
+			if (run->stage != FLT_HEADER && run->call != NULL) {
+				run->state = FLT_RUN_PENDING;
+				return FLT_PENDING;
+			}
+			/* A bug in the filter: no flt_defer(), or at the
+			 * header stage, where the data does not wait. */
+			log_error("filter %s answered pending at stage %s "
+			    "without a handle: ignored", f->name,
+			    flt_stage_name(run->stage));
+			continue;
+		}
+		if (v == FLT_CONTINUE)
+			continue;
+		r.rewrite = run->res.rewrite;
+		run->res = r;
+		run->res.verdict = v;
+		run->state = FLT_RUN_DONE;
+		return v;
+	}
+	run->res.verdict = FLT_CONTINUE;
+	run->res.filter = NULL;
+	run->state = FLT_RUN_DONE;
+	return FLT_CONTINUE;
+}
+
+enum flt_verdict
+flt_run_stage(struct flt_run *run, enum flt_stage st, const struct flt_env *env)
+{
+	struct flt_env e = *env;
+
+	if (run->state == FLT_RUN_DONE && run->stage != st)
+		run->state = FLT_RUN_IDLE;	/* a verdict nobody acted on */
+	if (run->state != FLT_RUN_IDLE && run->stage != st)
+		fatalx("%s: stage %s while %s is in progress", __func__,
+		    flt_stage_name(st), flt_stage_name(run->stage));
+	e.run = run;
+	switch (run->state) {
+	case FLT_RUN_DONE:
+		return run->res.verdict;
+	case FLT_RUN_PENDING:
+		return FLT_PENDING;
+	case FLT_RUN_RESUME:
+		run->next++;
+		break;
+	default:
+		run->stage = st;
+		run->next = 0;
+		memset(&run->res, 0, offsetof(struct flt_result, reply));
+		run->res.reply[0] = '\0';
+		break;
+	}
+	return flt_continue(run, &e);
+}
+
+void
+flt_run_reset(struct flt_run *run)
+{
+	if (run->state == FLT_RUN_PENDING)
+		fatalx("%s: a filter still owes an answer", __func__);
+	run->state = FLT_RUN_IDLE;
+}
+
+void
+flt_run_abandon(struct flt_run *run)
+{
+	if (run->call != NULL) {
+		run->call->run = NULL;
+		run->call = NULL;
+	}
+	run->state = FLT_RUN_IDLE;
+}
+
+struct flt_call *
+flt_defer(const struct flt_env *env)
+{
+	struct flt_call *call;
+
+	if (env->run == NULL || env->run->call != NULL)
+		fatalx("%s: no run, or one call pending already", __func__);
+	if ((call = malloc(sizeof(*call))) == NULL)
+		fatalx("%s: out of memory", __func__);
+	call->run = env->run;
+	env->run->call = call;
+	return call;
+}
+
+int
+flt_resume(struct flt_call *call, const struct flt_result *res)
+{
+	struct flt_run *run = call->run;
+
+	free(call);
+	if (run == NULL)
+		return 0;
+	run->call = NULL;
+	run->res.rewrite |= res->rewrite;
+	if (res->verdict == FLT_CONTINUE || res->verdict == FLT_PENDING) {
+		run->state = FLT_RUN_RESUME;
+	} else {
+		unsigned rw = run->res.rewrite;
+
+		run->res = *res;
+		run->res.rewrite = rw;
+		run->state = FLT_RUN_DONE;
+	}
+	if (run->resumed != NULL)
+		run->resumed(run->owner);
+	return 1;
+}

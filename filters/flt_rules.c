@@ -1,0 +1,101 @@
+/*
+ * flt_rules.c: the policy's rules.  At each stage, the rules placed there
+ * (policy->stage_rules) are tried in file order; every matcher a rule has
+ * must match.  warn logs and goes on (the dry run of a rule), accept ends
+ * the stage, reject/tempfail/refuse answer with the rule's reply.
+ */
+#include <string.h>
+
+#include "filter.h"
+#include "log.h"
+
+static const enum pol_stage flt_rules_pol_stage[FLT__STAGES] = {
+	[FLT_CONNECT] = POL_CONNECT, [FLT_HELO] = POL_HELO,
+	[FLT_MAIL] = POL_MAIL, [FLT_RCPT] = POL_RCPT,
+	[FLT_DATA] = POL__STAGES, [FLT_HEADER] = POL_HEADER,
+	[FLT_EOM] = POL__STAGES,
+};
+
+/* Matches p against a path's mailbox ("" for the null path). */
+static int
+flt_rules_path(const struct pattern *p, const struct smtp_path *path,
+    struct pattern_scratch *scratch)
+{
+	if (path == NULL)
+		return 0;
+	if (path->mailbox == NULL)
+		return pattern_match(p, "", 0, scratch);
+	return pattern_match(p, path->mailbox, path->mailboxlen, scratch);
+}
+
+static int
+flt_rules_str(const struct pattern *p, const char *s,
+    struct pattern_scratch *scratch)
+{
+	return pattern_match(p, s ? s : "", s ? strlen(s) : 0, scratch);
+}
+
+/* Nonzero when every matcher of m matches env. */
+static int
+flt_rules_match(const struct pol_match *m, const struct flt_env *env)
+{
+	struct pattern_scratch *sc = env->scratch;
+
+	return (m->client_net == NULL ||
+	    cidr_set_match(m->client_net, env->addr)) &&
+	    (m->client == NULL || flt_rules_str(m->client, env->addr_text, sc)) &&
+	    (m->client_name == NULL ||
+	    flt_rules_str(m->client_name, env->client_name, sc)) &&
+	    (m->helo == NULL || flt_rules_str(m->helo, env->helo, sc)) &&
+	    (m->sender == NULL || flt_rules_path(m->sender, env->sender, sc)) &&
+	    (m->recipient == NULL ||
+	    flt_rules_path(m->recipient, env->rcpt, sc)) &&
+	    (m->header == NULL || (env->header != NULL &&
+	    pattern_match(m->header, env->header, env->headerlen, sc)));
+}
+
+static enum flt_verdict
+flt_rules_hook(enum flt_stage st, const struct flt_env *env,
+    struct flt_result *res)
+{
+	static const enum flt_verdict verdicts[] = {
+		[POL_REJECT] = FLT_REJECT, [POL_TEMPFAIL] = FLT_TEMPFAIL,
+		[POL_REFUSE] = FLT_REFUSE, [POL_ACCEPT] = FLT_ACCEPT,
+	};
+	const struct policy	*pol = env->pol;
+	enum pol_stage		 ps = flt_rules_pol_stage[st];
+	const struct pol_rule	*r;
+	size_t			 i;
+
+	if (ps == POL__STAGES)
+		return FLT_CONTINUE;
+	for (i = 0; i < pol->nstage_rules[ps]; i++) {
+		r = &pol->rules[pol->stage_rules[ps][i]];
+		if (!flt_rules_match(&r->match, env))
+			continue;
+		log_info("session=%s client=%s rule=%s action=%s stage=%s",
+		    env->session, env->addr_text, r->name,
+		    r->action == POL_WARN ? "warn" :
+		    r->action == POL_ACCEPT ? "accept" :
+		    r->action == POL_TEMPFAIL ? "tempfail" :
+		    r->action == POL_REFUSE ? "refuse" : "reject",
+		    flt_stage_name(st));
+		if (r->action == POL_WARN)
+			continue;
+		res->rule = r->name;
+		if (r->action == POL_ACCEPT) {
+			res->verdict = FLT_ACCEPT;
+			return FLT_ACCEPT;
+		}
+		return flt_answer(res, verdicts[r->action], r->code, "%s",
+		    r->reply);
+	}
+	return FLT_CONTINUE;
+}
+
+const struct flt_def flt_rules = {
+	.name = "rules",
+	.stages = FLT_STAGE(FLT_CONNECT) | FLT_STAGE(FLT_HELO) |
+	    FLT_STAGE(FLT_MAIL) | FLT_STAGE(FLT_RCPT) | FLT_STAGE(FLT_HEADER),
+	.hook = flt_rules_hook,
+};
