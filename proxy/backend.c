@@ -189,13 +189,21 @@ be_queue(struct be_conn *be, const char *line, size_t len)
 	return 0;
 }
 
+/*
+ * Sends EHLO: with our own name first, and after XCLIENT with the client's
+ * HELO name, which is what the backend then records for the client (as
+ * Postfix's XCLIENT_README describes).
+ */
 static void
 be_send_ehlo(struct be_conn *be, enum be_state next)
 {
-	char line[300];
-	int n;
+	const char	*name = be->cfg->backend_helo;
+	char		 line[300];
+	int		 n;
 
-	n = snprintf(line, sizeof(line), "EHLO %s", be->cfg->backend_helo);
+	if (next == BE_EHLO2 && be->client.helo[0] != '\0')
+		name = be->client.helo;
+	n = snprintf(line, sizeof(line), "EHLO %s", name);
 	be_queue(be, line, (size_t)n);
 	be_flush(be);
 	be_set_state(be, next);

@@ -30,6 +30,8 @@ struct proxy_ctx {
 	unsigned		 nworkers;
 	atomic_uint		 nconns;	/* client connections, all workers */
 	atomic_uint_fast64_t	 ntx;		/* transactions relayed, all workers */
+	uv_async_t		 done_async;	/* worker -> main: a worker ended */
+	atomic_uint		 ndone;		/* workers that ended */
 };
 
 struct worker {
@@ -40,7 +42,7 @@ struct worker {
 	uv_async_t		 async;		/* main -> worker wake-up */
 	uv_mutex_t		 lock;		/* guards the two fields below */
 	struct config		*pending_cfg;	/* reload: new config, or NULL */
-	int			 stop_req;	/* shutdown requested */
+	int			 stop_req;	/* 1: drain, 2: drain now (again) */
 	struct config		*cfg;		/* config new sessions start with */
 	uv_os_sock_t		 fds[CFG_MAX_LISTEN];	/* bound sockets, by main */
 	uv_tcp_t		 listeners[CFG_MAX_LISTEN];
@@ -76,7 +78,9 @@ void worker_join(struct worker *w);
 
 /*
  * From the main thread: hands the worker a new config (it takes its own
- * reference) and/or asks it to stop.
+ * reference) and/or asks it to stop: stop 1 drains (idle sessions get
+ * 421, transactions in flight finish within timeouts.drain), stop 2 ends
+ * the drain at once.
  */
 void worker_post(struct worker *w, struct config *cfg, int stop);
 

@@ -73,6 +73,7 @@ struct main_state {
 	struct proxy_ctx	*ctx;		/* the process */
 	uv_signal_t		 sig[4];	/* TERM, INT, HUP, and a spare */
 	unsigned		 nsig;
+	int			 stopping;	/* stop signals received */
 };
 
 static void
@@ -114,13 +115,27 @@ signal_cb(uv_signal_t *h, int signum)
 		reload(m->ctx);
 		return;
 	}
-	log_info("signal %d: draining (%u ms at most)", signum,
-	    m->ctx->cfg->to_drain);
+	if (m->stopping++ == 0)
+		log_info("signal %d: draining (%u ms at most)", signum,
+		    m->ctx->cfg->to_drain);
+	else
+		log_info("signal %d again: closing every session now", signum);
 	for (i = 0; i < m->ctx->nworkers; i++)
-		worker_post(&m->ctx->workers[i], NULL, 1);
-	/* Closing the handles ends the main loop; a second signal kills. */
+		worker_post(&m->ctx->workers[i], NULL, m->stopping > 1 ? 2 : 1);
+}
+
+/* A worker ended; when all have, closing our handles ends the main loop. */
+static void
+done_cb(uv_async_t *a)
+{
+	struct main_state	*m = a->data;
+	unsigned		 i;
+
+	if (atomic_load(&m->ctx->ndone) < m->ctx->nworkers)
+		return;
 	for (i = 0; i < m->nsig; i++)
 		uv_close((uv_handle_t *)&m->sig[i], NULL);
+	uv_close((uv_handle_t *)a, NULL);
 }
 
 static int
@@ -155,6 +170,8 @@ run(struct proxy_ctx *ctx)
 		uv_signal_start(&m.sig[i], signal_cb, signums[i]);
 		m.nsig++;
 	}
+	uv_async_init(uv_default_loop(), &ctx->done_async, done_cb);
+	ctx->done_async.data = &m;
 	for (i = 0; i < ctx->nworkers; i++)
 		if ((r = worker_start(ctx, &ctx->workers[i], i)) < 0)
 			fatalx("worker %u: %s", i, uv_strerror(r));

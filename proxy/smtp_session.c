@@ -691,6 +691,12 @@ smtp_cmd_envelope(struct smtp_session *s, enum smtp_verb v, const char *arg,
 		smtp_error(s, is_rcpt ? RPL_NEED_MAIL : RPL_NESTED_MAIL, NULL);
 		return CMD_DONE;
 	}
+	if (s->tx.abort == TX_BACKEND) {
+		if (!smtp_local(s))
+			return CMD_WAIT;
+		smtp_reply(s, s->tx.abort_reply, NULL);
+		return CMD_DONE;
+	}
 	e = smtp_mailrcpt_parse(arg, len, is_rcpt, &m);
 	if (e == SMTP_ARG_OK)
 		e = smtp_params_check(&m, is_rcpt, s->tx.smtputf8, &o);
@@ -773,6 +779,11 @@ smtp_cmd_data(struct smtp_session *s, enum smtp_verb v, const char *arg,
 		return CMD_WAIT;
 	if (len != 0) {
 		smtp_error(s, RPL_NO_ARGS, "DATA");
+		return CMD_DONE;
+	}
+	if (s->state == S_MAIL && s->tx.abort == TX_BACKEND) {
+		smtp_reply(s, s->tx.abort_reply, NULL);
+		smtp_tx_clear(s);
 		return CMD_DONE;
 	}
 	if (s->state != S_MAIL || s->be == NULL) {
@@ -1149,6 +1160,11 @@ smtp_fly_fail_one(struct smtp_session *s)
 		if (s->state != S_DOT && s->state != S_DATA)
 			smtp_reply(s, id, NULL);
 		smtp_tx_clear(s);
+		return;
+	case F_MAIL:
+		smtp_reply(s, id, NULL);
+		if (s->state == S_MAIL)
+			smtp_tx_clear(s);
 		return;
 	default:
 		smtp_reply(s, id, NULL);
@@ -1534,8 +1550,11 @@ smtp_be_fail_cb(void *arg, enum be_fail why)
 				s->tx.abort = TX_BACKEND;
 				s->tx.abort_reply = id;
 			}
-		} else if (s->state == S_MAIL)
-			smtp_enter_state(s, S_HELO);
+		} else if (s->state == S_MAIL) {
+			/* The transaction is gone: its RCPT and DATA get 4xx. */
+			s->tx.abort = TX_BACKEND;
+			s->tx.abort_reply = id;
+		}
 	}
 	smtp_process(s);
 }
@@ -1652,8 +1671,11 @@ smtp_close(struct smtp_session *s, const char *why)
 	if (s->flags & SF_CLOSING)
 		return;
 	s->flags |= SF_CLOSING;
-	/* QUIT when idle; a bare close aborts a transaction. */
-	smtp_be_drop(s, smtp_idle(s));
+	/*
+	 * QUIT, unless message data is in flight: then a bare close aborts
+	 * the transaction (the backend never sees its final dot).
+	 */
+	smtp_be_drop(s, s->state != S_DATA && s->state != S_DOT);
 	if (s->rdns != NULL)
 		s->rdns->s = NULL;
 	flt_run_abandon(&s->flt);

@@ -110,6 +110,9 @@ worker_async_cb(uv_async_t *a)
 	}
 	if (stop)
 		worker_stop(w);
+	/* A second signal: the drain ends now. */
+	if (stop > 1 && w->nsessions > 0)
+		uv_timer_start(&w->drain_timer, worker_drain_timeout_cb, 0, 0);
 }
 
 static void
@@ -131,6 +134,8 @@ worker_main(void *arg)
 	uv_run(&w->loop, UV_RUN_DEFAULT);
 	while (w->npool > 0)
 		free(w->pool[--w->npool]);
+	atomic_fetch_add(&w->ctx->ndone, 1);
+	uv_async_send(&w->ctx->done_async);
 }
 
 int
@@ -169,8 +174,8 @@ worker_post(struct worker *w, struct config *cfg, int stop)
 		config_unref(w->pending_cfg);
 		w->pending_cfg = config_ref(cfg);
 	}
-	if (stop)
-		w->stop_req = 1;
+	if (stop > w->stop_req)
+		w->stop_req = stop;
 	uv_mutex_unlock(&w->lock);
 	uv_async_send(&w->async);
 }
