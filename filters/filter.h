@@ -57,11 +57,15 @@ struct flt_result {
 	enum flt_verdict	 verdict;	/* the decision */
 	int			 code;		/* reply code for REJECT, TEMPFAIL,
 						 * REFUSE */
-	char			 reply[480];	/* reply text after the code,
-						 * enhanced code first */
 	const char		*filter;	/* name of the filter that decided */
-	const char		*rule;		/* the rule's name, or NULL */
+	const char		*rule;		/* the rule that decided (or, with
+						 * FLT_CONTINUE, the last rule that
+						 * matched with action warn), or
+						 * NULL */
 	unsigned		 rewrite;	/* FLT_RW_*, gathered over the stage */
+	char			 reply[480];	/* reply text after the code,
+						 * enhanced code first (last, so
+						 * the rest is cleared cheaply) */
 };
 
 struct flt_run;

@@ -10,7 +10,6 @@
 #include <string.h>
 
 #include "filter.h"
-#include "log.h"
 
 /* Nonzero when the local part routes elsewhere ('%', '!', quoted '@'). */
 static int
@@ -38,8 +37,6 @@ flt_relay_hook(enum flt_stage st, const struct flt_env *env,
 	    domain_set_match(pol->local_domains, p->domain, p->domainlen) &&
 	    !flt_relay_trick(p))
 		return FLT_CONTINUE;
-	log_info("session=%s client=%s relay denied: <%.*s>", env->session,
-	    env->addr_text, (int)p->mailboxlen, p->mailbox);
 	return flt_answer(res, FLT_REJECT, pol->relay_reject_code,
 	    "5.7.1 <%.*s>: Relay access denied", (int)p->mailboxlen,
 	    p->mailbox);

@@ -80,9 +80,9 @@ flt_rules_hook(enum flt_stage st, const struct flt_env *env,
 		    r->action == POL_TEMPFAIL ? "tempfail" :
 		    r->action == POL_REFUSE ? "refuse" : "reject",
 		    flt_stage_name(st));
+		res->rule = r->name;	/* a warn match is named too */
 		if (r->action == POL_WARN)
 			continue;
-		res->rule = r->name;
 		if (r->action == POL_ACCEPT) {
 			res->verdict = FLT_ACCEPT;
 			return FLT_ACCEPT;

@@ -6,13 +6,13 @@
  * its range), so a map of any depth is read by the same loop,
  * cfg_walk_map().  Errors do not stop the walk: each is recorded with the
  * position of the node at fault, and config_load() returns them all,
- * sorted into file order.
+ * sorted into file order.  Reading, parsing, key lookup and the error list
+ * are shared with the policy loader (yamlutil.c).
  */
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
-#include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,6 +25,8 @@
 #include <yaml.h>
 
 #include "config.h"
+#include "policy.h"
+#include "yamlutil.h"
 
 #define CFG_FILE_MAX	(1024 * 1024)	/* larger is not a config file */
 #define CFG_MAX_WORKERS	64
@@ -68,14 +70,6 @@ struct cfg_unit {
 	uint64_t	 mult;		/* multiplier */
 };
 
-/* One error found, kept until all are sorted. */
-struct cfg_err {
-	size_t	 line;		/* 1-based; 0 for the whole file */
-	size_t	 col;		/* 1-based */
-	size_t	 seq;		/* order found, keeps the sort stable */
-	char	*msg;		/* "path: text", malloc'd */
-};
-
 /* A setting already given, to catch two keys that set one field. */
 struct cfg_seen {
 	void	*dst;		/* the field */
@@ -88,9 +82,7 @@ struct cfg_ctx {
 	const char	*file;		/* path, as given, for messages */
 	yaml_document_t	*doc;		/* the tree being walked */
 	struct config	*cfg;		/* what is being filled */
-	struct cfg_err	*errs;		/* errors found so far */
-	size_t		 nerrs;		/* entries used in errs */
-	size_t		 errcap;	/* entries allocated in errs */
+	struct yu_errs	 errs;		/* errors found so far */
 	struct cfg_seen	 seen[64];	/* scalar settings given so far */
 	size_t		 nseen;		/* entries used in seen */
 };
@@ -187,25 +179,6 @@ static const struct cfg_key root_keys[] = {
 
 static const char *log_levels[] = { "error", "warning", "info", "debug" };
 
-/* Aborts: running out of memory while reading the config is fatal. */
-static void
-cfg_oom(void)
-{
-	fputs("smtpgate: config: out of memory\n", stderr);
-	abort();
-}
-
-/* Returns a malloc'd copy of s; never NULL (aborts instead). */
-static char *
-cfg_xstrdup(const char *s)
-{
-	char	*p;
-
-	if ((p = strdup(s)) == NULL)
-		cfg_oom();
-	return p;
-}
-
 /*
  * Records an error at mark (0-based, as libyaml gives it), or for the whole
  * file when mark is NULL.  The message is copied; nothing is returned.
@@ -213,108 +186,11 @@ cfg_xstrdup(const char *s)
 static void __attribute__((format(printf, 3, 4)))
 cfg_error(struct cfg_ctx *c, const yaml_mark_t *mark, const char *fmt, ...)
 {
-	struct cfg_err	*e;
 	va_list		 ap;
-	int		 n;
 
-	if (c->nerrs == c->errcap) {
-		c->errcap = c->errcap ? c->errcap * 2 : 8;
-		e = reallocarray(c->errs, c->errcap, sizeof(*e));
-		if (e == NULL)
-			cfg_oom();
-		c->errs = e;
-	}
-	e = &c->errs[c->nerrs];
-	e->line = mark ? mark->line + 1 : 0;
-	e->col = mark ? mark->column + 1 : 0;
-	e->seq = c->nerrs++;
 	va_start(ap, fmt);
-	n = vasprintf(&e->msg, fmt, ap);
+	yu_verror(&c->errs, mark, fmt, ap);
 	va_end(ap);
-	if (n < 0)
-		cfg_oom();
-}
-
-/* qsort() order of errors: by line, column, then order found. */
-static int
-cfg_errcmp(const void *a, const void *b)
-{
-	const struct cfg_err	*x = a, *y = b;
-
-	if (x->line != y->line)
-		return x->line < y->line ? -1 : 1;
-	if (x->col != y->col)
-		return x->col < y->col ? -1 : 1;
-	return x->seq < y->seq ? -1 : x->seq > y->seq;
-}
-
-/*
- * Returns every error as one malloc'd text, one "FILE:LINE:COL: message"
- * line each, in file order, and frees the error list.
- */
-static char *
-cfg_errtext(struct cfg_ctx *c)
-{
-	char	*text = NULL;
-	size_t	 i, size = 0;
-	FILE	*f;
-
-	qsort(c->errs, c->nerrs, sizeof(*c->errs), cfg_errcmp);
-	if ((f = open_memstream(&text, &size)) == NULL)
-		cfg_oom();
-	for (i = 0; i < c->nerrs; i++) {
-		if (c->errs[i].line)
-			fprintf(f, "%s:%zu:%zu: %s\n", c->file,
-			    c->errs[i].line, c->errs[i].col, c->errs[i].msg);
-		else
-			fprintf(f, "%s: %s\n", c->file, c->errs[i].msg);
-		free(c->errs[i].msg);
-	}
-	if (fclose(f) != 0 || text == NULL)
-		cfg_oom();
-	free(c->errs);
-	c->errs = NULL;
-	c->nerrs = c->errcap = 0;
-	return text;
-}
-
-/* Returns true for a scalar written as nothing at all ("key:"). */
-static int
-cfg_isempty(const yaml_node_t *n)
-{
-	return n->type == YAML_SCALAR_NODE && n->data.scalar.length == 0 &&
-	    n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
-}
-
-/*
- * Describes node n for an error message ("a list", "\"abc\"") in buf,
- * which it returns.  Control characters are shown as '?' and long values
- * are cut short.
- */
-static const char *
-cfg_got(const yaml_node_t *n, char *buf, size_t size)
-{
-	const unsigned char	*s;
-	size_t			 i, j, len;
-
-	if (n->type == YAML_SEQUENCE_NODE)
-		return "a list";
-	if (n->type == YAML_MAPPING_NODE)
-		return "a map";
-	if (cfg_isempty(n))
-		return "nothing";
-	s = n->data.scalar.value;
-	len = n->data.scalar.length;
-	buf[0] = '"';
-	for (i = 0, j = 1; i < len && j + 5 < size && j < 61; i++)
-		buf[j++] = s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
-	if (i < len) {
-		memcpy(buf + j, "...", 3);
-		j += 3;
-	}
-	buf[j++] = '"';
-	buf[j] = '\0';
-	return buf;
 }
 
 /* Returns what a key's value must be, for "expected ..." messages. */
@@ -396,40 +272,6 @@ cfg_fmt_ms(uint64_t ms, char *buf, size_t size)
 }
 
 /*
- * Returns NULL when text is a valid host name, or why it is not.
- * Letters, digits and '-' in dot-separated labels, as RFC 1035 has them.
- */
-static const char *
-cfg_host_check(const char *text, size_t size)
-{
-	size_t	 i, label = 0;
-
-	if (text[0] == '\0')
-		return "it is empty";
-	if (strlen(text) >= size)
-		return "it is too long";
-	for (i = 0; text[i] != '\0'; i++) {
-		if (text[i] == '.') {
-			if (label == 0 || text[i - 1] == '-')
-				return "it has an empty label or a label "
-				    "ending in '-'";
-			label = 0;
-			continue;
-		}
-		if (text[i] == '-' && label == 0)
-			return "a label starts with '-'";
-		if (!(text[i] == '-' || (text[i] >= '0' && text[i] <= '9') ||
-		    (text[i] >= 'a' && text[i] <= 'z') ||
-		    (text[i] >= 'A' && text[i] <= 'Z')))
-			return "only letters, digits, '-' and '.' are allowed";
-		label++;
-	}
-	if (label == 0 || text[i - 1] == '-')
-		return "it ends in '.' or '-'";
-	return NULL;
-}
-
-/*
  * Parses "host:port", "[v6]:port" or "*:port" into a (zeroed first).
  * Returns NULL, or why text is not a valid address.
  */
@@ -494,10 +336,10 @@ cfg_resolve(const char *file, const char *name)
 	char	*dir, *slash, *out;
 
 	if (name[0] == '/')
-		return cfg_xstrdup(name);
+		return yu_xstrdup(name);
 	if ((dir = realpath(file, NULL)) == NULL) {
 		/* Read but gone since: keep the file's own spelling. */
-		dir = cfg_xstrdup(file);
+		dir = yu_xstrdup(file);
 		if ((slash = strrchr(dir, '/')) == NULL)
 			strcpy(dir, ".");
 		else
@@ -506,7 +348,7 @@ cfg_resolve(const char *file, const char *name)
 		slash[slash == dir] = '\0';
 	if (asprintf(&out, "%s%s%s", dir,
 	    dir[strlen(dir) - 1] == '/' ? "" : "/", name) < 0)
-		cfg_oom();
+		yu_oom();
 	free(dir);
 	return out;
 }
@@ -571,12 +413,12 @@ cfg_walk_list(struct cfg_ctx *c, const struct cfg_key *k, const yaml_node_t *v,
 		if (k->type == CT_LISTEN && item->type != YAML_MAPPING_NODE) {
 			cfg_error(c, &item->start_mark, "%s: expected a map "
 			    "such as \"address: 127.0.0.1:2525\", got %s",
-			    ipath, cfg_got(item, got, sizeof(got)));
+			    ipath, yu_got(item, got, sizeof(got)));
 		} else if (k->type == CT_LISTEN) {
-			errs = c->nerrs;
+			errs = c->errs.n;
 			cfg_walk_map(c, item, k->sub, (char *)&arr[*count],
 			    ipath);
-			for (i = 0; c->nerrs == errs && i < *count; i++) {
+			for (i = 0; c->errs.n == errs && i < *count; i++) {
 				if (arr[i].sslen != arr[*count].sslen ||
 				    memcmp(&arr[i].ss, &arr[*count].ss,
 				    arr[i].sslen) != 0)
@@ -586,15 +428,15 @@ cfg_walk_list(struct cfg_ctx *c, const struct cfg_key *k, const yaml_node_t *v,
 				    arr[*count].text, path, i);
 			}
 		} else if (item->type != YAML_SCALAR_NODE ||
-		    cfg_isempty(item)) {
+		    yu_isempty(item)) {
 			cfg_error(c, &item->start_mark, "%s: expected %s, got "
 			    "%s", ipath, cfg_expect(&listen_keys[0]),
-			    cfg_got(item, got, sizeof(got)));
+			    yu_got(item, got, sizeof(got)));
 		} else if ((why = cfg_addr_parse(
 		    (const char *)item->data.scalar.value,
 		    &arr[*count])) != NULL) {
 			cfg_error(c, &item->start_mark, "%s: invalid address "
-			    "%s: %s", ipath, cfg_got(item, got, sizeof(got)),
+			    "%s: %s", ipath, yu_got(item, got, sizeof(got)),
 			    why);
 		} else if (strncmp(arr[*count].text, "*:", 2) == 0) {
 			cfg_error(c, &item->start_mark, "%s: \"*\" means any "
@@ -628,24 +470,15 @@ cfg_set(struct cfg_ctx *c, const struct cfg_key *k, const yaml_node_t *kn,
 		if (v->type != (k->type == CT_MAP ? YAML_MAPPING_NODE :
 		    YAML_SEQUENCE_NODE))
 			cfg_error(c, &v->start_mark, "%s: expected %s, got %s",
-			    path, cfg_expect(k), cfg_got(v, got, sizeof(got)));
+			    path, cfg_expect(k), yu_got(v, got, sizeof(got)));
 		else if (k->type == CT_MAP)
 			cfg_walk_map(c, v, k->sub, base, path);
 		else
 			cfg_walk_list(c, k, v, base, path);
 		return;
 	}
-	if (v->type != YAML_SCALAR_NODE || cfg_isempty(v)) {
-		cfg_error(c, &v->start_mark, "%s: expected %s, got %s", path,
-		    cfg_expect(k), cfg_got(v, got, sizeof(got)));
+	if ((s = yu_scalar(&c->errs, v, path, cfg_expect(k))) == NULL)
 		return;
-	}
-	s = (const char *)v->data.scalar.value;
-	if (strlen(s) != v->data.scalar.length) {
-		cfg_error(c, &v->start_mark, "%s: contains a NUL character",
-		    path);
-		return;
-	}
 	if (cfg_seen(c, dst, path, kn) == -1)
 		return;
 
@@ -658,7 +491,7 @@ cfg_set(struct cfg_ctx *c, const struct cfg_key *k, const yaml_node_t *kn,
 		if (r == -1 || (r == 0 && n == 0 && k->min == 1 &&
 		    k->type == CT_UINT)) {
 			cfg_error(c, &v->start_mark, "%s: expected %s, got %s",
-			    path, cfg_expect(k), cfg_got(v, got, sizeof(got)));
+			    path, cfg_expect(k), yu_got(v, got, sizeof(got)));
 			break;
 		}
 		if (r == -2 || n < k->min || n > k->max) {
@@ -674,11 +507,11 @@ cfg_set(struct cfg_ctx *c, const struct cfg_key *k, const yaml_node_t *kn,
 			if (k->max == UINT64_MAX)
 				cfg_error(c, &v->start_mark, "%s: must be at "
 				    "least %s, got %s", path, lo,
-				    cfg_got(v, got, sizeof(got)));
+				    yu_got(v, got, sizeof(got)));
 			else
 				cfg_error(c, &v->start_mark, "%s: must be from "
 				    "%s to %s, got %s", path, lo, hi,
-				    cfg_got(v, got, sizeof(got)));
+				    yu_got(v, got, sizeof(got)));
 			break;
 		}
 		if (k->type == CT_SIZE)
@@ -695,7 +528,7 @@ cfg_set(struct cfg_ctx *c, const struct cfg_key *k, const yaml_node_t *kn,
 		else
 			cfg_error(c, &v->start_mark, "%s: expected true or "
 			    "false (or yes/no), got %s", path,
-			    cfg_got(v, got, sizeof(got)));
+			    yu_got(v, got, sizeof(got)));
 		break;
 	case CT_LOGLEVEL:
 		for (i = 0; i < sizeof(log_levels) / sizeof(log_levels[0]); i++)
@@ -705,25 +538,25 @@ cfg_set(struct cfg_ctx *c, const struct cfg_key *k, const yaml_node_t *kn,
 			*(enum log_level *)dst = (enum log_level)i;
 		else
 			cfg_error(c, &v->start_mark, "%s: expected %s, got %s",
-			    path, cfg_expect(k), cfg_got(v, got, sizeof(got)));
+			    path, cfg_expect(k), yu_got(v, got, sizeof(got)));
 		break;
 	case CT_HOST:
-		if ((why = cfg_host_check(s, k->max)) != NULL)
+		if ((why = yu_host_check(s, k->max)) != NULL)
 			cfg_error(c, &v->start_mark, "%s: expected %s, got %s: "
 			    "%s", path, cfg_expect(k),
-			    cfg_got(v, got, sizeof(got)), why);
+			    yu_got(v, got, sizeof(got)), why);
 		else
 			strcpy(dst, s);
 		break;
 	case CT_ADDR:
 		if ((why = cfg_addr_parse(s, dst)) != NULL)
 			cfg_error(c, &v->start_mark, "%s: invalid address "
-			    "%s: %s", path, cfg_got(v, got, sizeof(got)), why);
+			    "%s: %s", path, yu_got(v, got, sizeof(got)), why);
 		break;
 	case CT_PATH:
 		if (s[0] == '\0') {
 			cfg_error(c, &v->start_mark, "%s: expected %s, got %s",
-			    path, cfg_expect(k), cfg_got(v, got, sizeof(got)));
+			    path, cfg_expect(k), yu_got(v, got, sizeof(got)));
 			break;
 		}
 		free(*(char **)dst);
@@ -771,122 +604,24 @@ static void
 cfg_walk_map(struct cfg_ctx *c, const yaml_node_t *map,
     const struct cfg_key *keys, char *base, const char *prefix)
 {
-	const yaml_node_pair_t	*p, *q;
-	const yaml_node_t	*kn, *v, *qk;
+	const yaml_node_pair_t	*p;
+	const yaml_node_t	*kn, *v;
 	const struct cfg_key	*k;
-	const char		*name;
-	char			 seen[32] = { 0 }, path[256], got[80];
-	char			 known[512];
-	size_t			 len;
+	char			 seen[32] = { 0 }, path[256];
+	long			 i;
 
 	for (p = map->data.mapping.pairs.start;
 	    p < map->data.mapping.pairs.top; p++) {
+		if ((i = yu_map_key(&c->errs, c->doc, map, p, keys,
+		    sizeof(*keys), prefix, path, sizeof(path))) == -1)
+			continue;
 		kn = yaml_document_get_node(c->doc, p->key);
 		v = yaml_document_get_node(c->doc, p->value);
-		if (kn->type != YAML_SCALAR_NODE) {
-			cfg_error(c, &kn->start_mark, "%s%sexpected a setting "
-			    "name, got %s", prefix, *prefix ? ": " : "",
-			    cfg_got(kn, got, sizeof(got)));
-			continue;
-		}
-		name = (const char *)kn->data.scalar.value;
-		snprintf(path, sizeof(path), "%s%s%s", prefix,
-		    *prefix ? "." : "", name);
-
-		/* libyaml keeps duplicate keys; the first one counts. */
-		for (q = map->data.mapping.pairs.start; q < p; q++) {
-			qk = yaml_document_get_node(c->doc, q->key);
-			if (qk->type == YAML_SCALAR_NODE &&
-			    strcmp((char *)qk->data.scalar.value, name) == 0)
-				break;
-		}
-		if (q < p) {
-			cfg_error(c, &kn->start_mark, "%s: duplicate key "
-			    "(first given at line %zu)", path,
-			    qk->start_mark.line + 1);
-			continue;
-		}
-
-		for (k = keys; k->name != NULL; k++)
-			if (strcmp(k->name, name) == 0)
-				break;
-		if (k->name == NULL) {
-			known[0] = '\0';
-			for (k = keys, len = 0; k->name != NULL &&
-			    len < sizeof(known); k++)
-				len += (size_t)snprintf(known + len,
-				    sizeof(known) - len, "%s%s",
-				    len ? ", " : "", k->name);
-			cfg_error(c, &kn->start_mark, "%s: unknown setting "
-			    "(known here: %s)", path, known);
-			continue;
-		}
+		k = &keys[i];
 		seen[k - keys] = 1;
 		cfg_set(c, k, kn, v, base, path);
 	}
 	cfg_required(c, keys, seen, &map->start_mark, prefix);
-}
-
-/* Reports a libyaml parser failure with libyaml's own problem text. */
-static void
-cfg_syntax(struct cfg_ctx *c, const yaml_parser_t *p, const char *data)
-{
-	yaml_mark_t	 m = p->problem_mark;
-	size_t		 i;
-
-	if (p->error == YAML_MEMORY_ERROR)
-		cfg_oom();
-	if (p->error == YAML_READER_ERROR) {
-		/* Reader errors carry a byte offset, not a mark. */
-		memset(&m, 0, sizeof(m));
-		for (i = 0; i < p->problem_offset && data[i] != '\0'; i++) {
-			if (data[i] == '\n') {
-				m.line++;
-				m.column = 0;
-			} else
-				m.column++;
-		}
-		cfg_error(c, &m, "invalid text: %s", p->problem);
-	} else if (p->context != NULL)
-		cfg_error(c, &m, "YAML syntax error: %s (%s at line %zu, "
-		    "column %zu)", p->problem, p->context,
-		    p->context_mark.line + 1, p->context_mark.column + 1);
-	else
-		cfg_error(c, &m, "YAML syntax error: %s",
-		    p->problem ? p->problem : "unknown problem");
-}
-
-/*
- * Reads the whole file into a malloc'd, NUL-terminated buffer that the
- * caller frees, and sets *len.  Returns NULL after reporting an error.
- */
-static char *
-cfg_read(struct cfg_ctx *c, size_t *len)
-{
-	FILE	*f;
-	char	*buf;
-	size_t	 n;
-
-	if ((f = fopen(c->file, "r")) == NULL) {
-		cfg_error(c, NULL, "cannot open: %s", strerror(errno));
-		return NULL;
-	}
-	if ((buf = malloc(CFG_FILE_MAX + 1)) == NULL)
-		cfg_oom();
-	n = fread(buf, 1, CFG_FILE_MAX + 1, f);
-	if (ferror(f))
-		cfg_error(c, NULL, "cannot read: %s", strerror(errno));
-	else if (n > CFG_FILE_MAX)
-		cfg_error(c, NULL, "larger than %d bytes; not a configuration "
-		    "file", CFG_FILE_MAX);
-	fclose(f);
-	if (c->nerrs) {
-		free(buf);
-		return NULL;
-	}
-	buf[n] = '\0';
-	*len = n;
-	return buf;
 }
 
 /* Returns the number of workers to run when the file says 0. */
@@ -937,61 +672,55 @@ config_load(const char *path, char **errors)
 	static const yaml_mark_t	 top;	/* line 1, column 1 */
 	struct cfg_ctx			 c;
 	struct config			*cfg;
-	yaml_parser_t			 parser;
 	yaml_document_t			 doc;
 	yaml_node_t			*root;
-	char				*data, got[80];
+	char				*data, *perr, got[80], why[128];
 	size_t				 len;
 
 	memset(&c, 0, sizeof(c));
 	c.file = path;
+	c.errs.file = path;
 	if ((cfg = malloc(sizeof(*cfg))) == NULL)
-		cfg_oom();
+		yu_oom();
 	config_defaults(cfg);
 	c.cfg = cfg;
-	cfg->path = cfg_xstrdup(path);
+	cfg->path = yu_xstrdup(path);
 	/* Empty until the file names it, so it can follow hostname. */
 	cfg->backend_helo[0] = '\0';
 
-	if ((data = cfg_read(&c, &len)) != NULL) {
-		if (!yaml_parser_initialize(&parser))
-			cfg_oom();
-		yaml_parser_set_input_string(&parser,
-		    (const unsigned char *)data, len);
-		if (!yaml_parser_load(&parser, &doc))
-			cfg_syntax(&c, &parser, data);
-		else {
-			c.doc = &doc;
-			root = yaml_document_get_root_node(&doc);
-			if (root == NULL || cfg_isempty(root))
-				cfg_required(&c, root_keys, (char[32]){ 0 },
-				    root ? &root->start_mark : &top, "");
-			else if (root->type != YAML_MAPPING_NODE)
-				cfg_error(&c, &root->start_mark, "expected a "
-				    "map of settings at the top level, got %s",
-				    cfg_got(root, got, sizeof(got)));
-			else
-				cfg_walk_map(&c, root, root_keys, (char *)cfg,
-				    "");
-			yaml_document_delete(&doc);
-
-			/* A "---" and more settings would be ignored. */
-			if (root != NULL && !yaml_parser_load(&parser, &doc))
-				cfg_syntax(&c, &parser, data);
-			else if (root != NULL) {
-				if ((root = yaml_document_get_root_node(&doc))
-				    != NULL)
-					cfg_error(&c, &root->start_mark, "only "
-					    "one YAML document is allowed");
-				yaml_document_delete(&doc);
-			}
-		}
-		yaml_parser_delete(&parser);
-		free(data);
+	if ((data = yu_read(path, CFG_FILE_MAX, &len, why,
+	    sizeof(why))) == NULL)
+		cfg_error(&c, NULL, "%s", why);
+	else if (yu_parse(&c.errs, data, len, &doc) == 0) {
+		c.doc = &doc;
+		root = yaml_document_get_root_node(&doc);
+		if (root == NULL || yu_isempty(root))
+			cfg_required(&c, root_keys, (char[32]){ 0 },
+			    root ? &root->start_mark : &top, "");
+		else if (root->type != YAML_MAPPING_NODE)
+			cfg_error(&c, &root->start_mark, "expected a map "
+			    "of settings at the top level, got %s",
+			    yu_got(root, got, sizeof(got)));
+		else
+			cfg_walk_map(&c, root, root_keys, (char *)cfg, "");
+		yaml_document_delete(&doc);
 	}
+	free(data);
 
-	if (c.nerrs) {
-		*errors = cfg_errtext(&c);
+	/* The policy file's errors are reported with the config's. */
+	perr = NULL;
+	cfg->policy = cfg->policy_path != NULL ?
+	    policy_load(cfg->policy_path, &perr) : policy_empty();
+	if (c.errs.n || cfg->policy == NULL) {
+		*errors = c.errs.n ? yu_errtext(&c.errs) : yu_xstrdup("");
+		if (perr != NULL) {
+			*errors = realloc(*errors, strlen(*errors) +
+			    strlen(perr) + 1);
+			if (*errors == NULL)
+				yu_oom();
+			strcat(*errors, perr);
+			free(perr);
+		}
 		config_unref(cfg);
 		return NULL;
 	}
@@ -1017,6 +746,7 @@ config_unref(struct config *cfg)
 		return;
 	free(cfg->path);
 	free(cfg->policy_path);
+	policy_unref(cfg->policy);
 	free(cfg);
 }
 

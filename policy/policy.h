@@ -25,6 +25,33 @@ struct cidr_set;
  * An IPv4-mapped IPv6 address (::ffff:a.b.c.d) matches as IPv4. */
 int cidr_set_match(const struct cidr_set *set, const struct sockaddr *sa);
 
+/* One network, as cidr_parse() reads it. */
+struct cidr {
+	int		 family;	/* AF_INET or AF_INET6 */
+	unsigned char	 addr[16];	/* network address, network byte
+					 * order; AF_INET uses the first 4 */
+	unsigned	 prefix;	/* prefix length: 0-32 or 0-128 */
+};
+
+/*
+ * Parses "192.0.2.0/24", "2001:db8::/32" or a bare address (/32, /128)
+ * into *c.  An IPv4-mapped IPv6 network (::ffff:0:0/96 or longer) becomes
+ * the IPv4 network it maps, so that it matches IPv4 clients.  Returns NULL,
+ * or why text is not a network (a static string); bits set past the prefix
+ * ("10.0.0.1/8") are an error.
+ */
+const char *cidr_parse(const char *text, struct cidr *c);
+
+/*
+ * Returns a new set of the n networks of v (kept as sorted, merged address
+ * ranges; v may overlap and is not kept), or NULL when out of memory.  The
+ * caller frees it with cidr_set_free().  n may be 0: the empty set.
+ */
+struct cidr_set *cidr_set_new(const struct cidr *v, size_t n);
+
+/* Frees a set; NULL is ignored. */
+void cidr_set_free(struct cidr_set *set);
+
 /* A set of domains: "example.test" matches that name exactly, and
  * ".example.test" any name below it (not example.test itself).  Matching
  * is case-insensitive; a trailing dot on the name is ignored. */
@@ -33,17 +60,48 @@ struct domain_set;
 int domain_set_match(const struct domain_set *set, const char *name,
     size_t len);
 
+/*
+ * Returns a new set of the n entries of names ("example.test" or
+ * ".example.test"; lowercased, a trailing dot dropped; the strings are
+ * copied), or NULL when out of memory.  Entries are not validated here:
+ * the policy loader checks them as host names first.  The caller frees
+ * the set with domain_set_free().  n may be 0: the empty set.
+ */
+struct domain_set *domain_set_new(const char *const *names, size_t n);
+
+/* Frees a set; NULL is ignored. */
+void domain_set_free(struct domain_set *set);
+
 /* A compiled pattern: '/regex/flags' (PCRE2; flags i, m, s, x) or a plain
  * string matched exactly, case-insensitively. */
 struct pattern;
 
+/*
+ * Compiles text (len octets) into a pattern.  '/regex/flags' is a PCRE2
+ * regex (UTF-8 mode when it is valid UTF-8, JIT-compiled where the library
+ * can), searched for anywhere in the subject unless anchored; any other
+ * text is a literal that must equal the whole subject, ignoring case (for
+ * non-ASCII text too when it is UTF-8).  Returns the pattern, which the
+ * caller frees with pattern_free(), or NULL with the reason in err
+ * ("missing closing parenthesis at offset 3 of the regex").
+ */
+struct pattern *pattern_new(const char *text, size_t len, char *err,
+    size_t errsize);
+
+/* Frees a pattern; NULL is ignored. */
+void pattern_free(struct pattern *p);
+
 /* Scratch space for pattern_match(); one per thread (PCRE2 match data). */
 struct pattern_scratch;
 
+/* Returns new scratch space, or NULL when out of memory.  The caller frees
+ * it with pattern_scratch_free() (NULL is ignored there). */
 struct pattern_scratch *pattern_scratch_new(void);
 void pattern_scratch_free(struct pattern_scratch *);
 
-/* Nonzero when subject matches. */
+/* Nonzero when subject (len octets, need not be NUL-terminated; NULL when
+ * len is 0) matches.  scratch is the calling thread's own.  A regex that
+ * fails to run (e.g. its match limit) does not match. */
 int pattern_match(const struct pattern *p, const char *subject, size_t len,
     struct pattern_scratch *scratch);
 
@@ -100,7 +158,8 @@ struct pol_rule {
 
 struct policy {
 	atomic_int		 refs;		/* references; freed at zero */
-	const char		*path;		/* the file it was loaded from */
+	const char		*path;		/* the file it was loaded from;
+						 * NULL for policy_empty() */
 	int			 relay;		/* a relay: section was given; without
 						 * one the backend alone decides */
 	const struct cidr_set	*trusted_networks;	/* relay: (never NULL) */
@@ -110,23 +169,29 @@ struct policy {
 						 * 550 (RFC 5321 3.6.2, default)
 						 * or 554 */
 	const struct flt_def *const *filters;	/* filters: the order they run
-						 * in, or NULL for the default */
-	size_t			 nfilters;
+						 * in, or NULL for the default
+						 * (filter.c's flt_table) */
+	size_t			 nfilters;	/* entries in filters */
 	const struct cidr_set	*refuse_clients;	/* refuse_clients: (never
 							 * NULL, may be empty) */
-	const struct pol_rule	*rules;		/* rules:, in file order */
-	size_t			 nrules;
+	const struct pol_rule	*rules;		/* rules:, in file order
+						 * (included files' first) */
+	size_t			 nrules;	/* entries in rules */
 	/* For each stage, the indexes into rules of the rules evaluated
-	 * there, in file order. */
+	 * there, in file order.  Never NULL, even when empty. */
 	const size_t		*stage_rules[POL__STAGES];
-	size_t			 nstage_rules[POL__STAGES];
+	size_t			 nstage_rules[POL__STAGES];	/* entries in
+							 * stage_rules[] */
 };
 
 /*
  * Loads and compiles the policy file at path.  On success returns a policy
  * with refs == 1 and sets *errors to NULL.  On failure returns NULL and sets
  * *errors to a malloc'd text, one "FILE:LINE:COL: message\n" line per
- * error, every error found (the caller frees it).
+ * error, every error found (the caller frees it), sorted by file (in the
+ * order they were opened), line and column; a file that cannot be read at
+ * all gives "FILE: message\n".  The files it includes are named relative
+ * to the including file, as that file's path was spelled.
  */
 struct policy *policy_load(const char *path, char **errors);
 
@@ -134,7 +199,11 @@ struct policy *policy_load(const char *path, char **errors);
  * decides), no refusals, no rules, source routes stripped.  refs == 1. */
 struct policy *policy_empty(void);
 
-struct policy *policy_ref(struct policy *);
-void policy_unref(struct policy *);
+/* Takes a reference; returns pol. */
+struct policy *policy_ref(struct policy *pol);
+
+/* Drops a reference; frees the policy and everything in it at zero.  NULL
+ * is ignored. */
+void policy_unref(struct policy *pol);
 
 #endif /* SMTPGATE_POLICY_H */

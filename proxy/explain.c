@@ -94,6 +94,12 @@ explain_path(const char *what, const char *addr, int is_rcpt, char *buf,
 	return 0;
 }
 
+static int
+explain_refusing(enum flt_verdict v)
+{
+	return v == FLT_REJECT || v == FLT_TEMPFAIL || v == FLT_REFUSE;
+}
+
 /*
  * Runs one stage, filter by filter, printing each verdict.  Returns the
  * stage's verdict; *rewrite gathers FLT_RW_* bits.
@@ -117,10 +123,11 @@ explain_stage(enum flt_stage st, const struct flt_env *env, unsigned *rewrite)
 		*rewrite |= r.rewrite;
 		printf("  %-14s %s", f->name, explain_verdicts[v]);
 		if (r.rule != NULL)
-			printf(" (rule %s)", r.rule);
+			printf(v == FLT_CONTINUE ? " (rule %s matched: warn)" :
+			    " (rule %s)", r.rule);
 		if (r.rewrite & FLT_RW_STRIP_ROUTE)
 			printf(" (source route stripped)");
-		if (v == FLT_REJECT || v == FLT_TEMPFAIL || v == FLT_REFUSE)
+		if (explain_refusing(v))
 			printf(": \"%d %s\"", r.code, r.reply);
 		printf("\n");
 		if (v != FLT_CONTINUE)
@@ -210,11 +217,11 @@ explain_run(const struct config *cfg, int argc, char **argv)
 	printf("stage mail: %.*s\n", (int)from.path.rawlen, from.path.raw);
 	rw = 0;
 	v = explain_stage(FLT_MAIL, &env, &rw);
-	if (rw & FLT_RW_STRIP_ROUTE)
+	if ((rw & FLT_RW_STRIP_ROUTE) && !explain_refusing(v))
 		printf("  forwarded as <%.*s>\n", (int)from.path.mailboxlen,
 		    from.path.mailbox);
 	if (explain_outcome(FLT_MAIL, v, "MAIL forwarded; the backend's "
-	    "reply decides") < 0 || v == FLT_REJECT || v == FLT_TEMPFAIL)
+	    "reply decides") < 0 || explain_refusing(v))
 		goto out;
 	for (i = 0; i < a.nrcpt; i++) {
 		if (explain_path("rcpt", a.rcpt[i], 1, rbuf, sizeof(rbuf),
@@ -225,7 +232,7 @@ explain_run(const struct config *cfg, int argc, char **argv)
 		    rcpt.path.raw);
 		rw = 0;
 		v = explain_stage(FLT_RCPT, &env, &rw);
-		if (rw & FLT_RW_STRIP_ROUTE)
+		if ((rw & FLT_RW_STRIP_ROUTE) && !explain_refusing(v))
 			printf("  forwarded as <%.*s>\n",
 			    (int)rcpt.path.mailboxlen, rcpt.path.mailbox);
 		if (explain_outcome(FLT_RCPT, v, "RCPT forwarded; the "

@@ -225,7 +225,7 @@ main(int argc, char *argv[])
 	if ((ctx.cfg = load(path)) == NULL)
 		return 1;
 	if (explain) {
-		log_set_level(LOG_LVL_INFO);
+		log_set_level(LOG_LVL_WARNING);
 		r = explain_run(ctx.cfg, argc - optind, argv + optind);
 		config_unref(ctx.cfg);
 		return r;

@@ -11,6 +11,8 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <sys/stat.h>
+
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +20,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "policy.h"
 #include "test.h"
 
 #define DEPLOY_REF	"../../deploy/smtpgate.yaml"
@@ -45,18 +48,25 @@
 
 static char	 tmpdir[] = "/tmp/test_config.XXXXXX";	/* our files */
 static char	 cfgfile[PATH_MAX];		/* tmpdir/smtpgate.yaml */
+static char	 polfile[PATH_MAX];		/* tmpdir/rules/policy.yaml */
 
 /* Replaces cfgfile's contents with text (len bytes). */
 static void
-write_cfg(const char *text, size_t len)
+write_file(const char *path, const char *text, size_t len)
 {
 	FILE	*f;
 
-	if ((f = fopen(cfgfile, "w")) == NULL ||
+	if ((f = fopen(path, "w")) == NULL ||
 	    fwrite(text, 1, len, f) != len || fclose(f) != 0) {
-		perror(cfgfile);
+		perror(path);
 		exit(2);
 	}
+}
+
+static void
+write_cfg(const char *text, size_t len)
+{
+	write_file(cfgfile, text, len);
 }
 
 /* Returns the port of a, in host order. */
@@ -171,7 +181,9 @@ check_alt_forms(const struct config *c)
 	CHECK(c->max_message_size == 1ull << 30);
 	CHECK(c->to_command == 2000 && c->to_data == 3600000);
 	CHECK(strcmp(c->backend_helo, "gate.example.test") == 0);
-	CHECK(strcmp(c->policy_path, "/etc/smtpgate/policy.yaml") == 0);
+	CHECK(c->policy_path != NULL &&
+	    strstr(c->policy_path, "/rules/policy.yaml") != NULL);
+	CHECK(c->policy != NULL && c->policy->path != NULL);
 }
 
 static void
@@ -234,7 +246,7 @@ static const struct valid_case {
 	  "limits: { max_message_size: 1g }\n"
 	  "timeouts: { command: 2s, data: 1H }\n"
 	  "smtp: { expn: False, reverse_dns: TRUE }\n"
-	  "policy: /etc/smtpgate/policy.yaml\n"
+	  "policy: ./rules/../rules/policy.yaml\n"
 	  "...\n",
 	  check_alt_forms },
 };
@@ -609,6 +621,14 @@ main(void)
 		return 2;
 	}
 	snprintf(cfgfile, sizeof(cfgfile), "%s/smtpgate.yaml", tmpdir);
+	/* The policy file the configs below name: empty, so valid. */
+	snprintf(polfile, sizeof(polfile), "%s/rules", tmpdir);
+	if (mkdir(polfile, 0700) != 0) {
+		perror(polfile);
+		return 2;
+	}
+	strcat(polfile, "/policy.yaml");
+	write_file(polfile, "", 0);
 
 	for (i = 0; i < sizeof(valid_cases) / sizeof(valid_cases[0]); i++) {
 		write_cfg(valid_cases[i].text, strlen(valid_cases[i].text));
@@ -623,6 +643,9 @@ main(void)
 	test_deploy();
 	unlink(cfgfile);
 	test_files();
+	unlink(polfile);
+	*strrchr(polfile, '/') = '\0';
+	rmdir(polfile);
 	if (rmdir(tmpdir) != 0)
 		perror(tmpdir);
 	TEST_DONE();
