@@ -450,6 +450,41 @@ smtp_envelope_line(struct smtp_session *s, const struct smtp_mailrcpt *m,
 	return len;
 }
 
+/*
+ * Answers the command at hand with one of our replies (a command error
+ * when err), once the replies in flight are in: returns CMD_WAIT until
+ * then, so the client's replies stay in order.
+ */
+static enum cmd_res
+smtp_answer(struct smtp_session *s, enum smtp_reply_id id, const char *arg,
+    int err)
+{
+	if (!smtp_local(s))
+		return CMD_WAIT;
+	if (err)
+		smtp_error(s, id, arg);
+	else
+		smtp_reply(s, id, arg);
+	return CMD_DONE;
+}
+
+/*
+ * For a command that needs the backend: CMD_DONE after answering 451 4.4.1
+ * when it cannot be reached, CMD_WAIT while it is being set up, and -1 when
+ * it is ready.
+ */
+static int
+smtp_be_need(struct smtp_session *s)
+{
+	switch (smtp_be_want(s)) {
+	case 0:
+		return CMD_WAIT;
+	case -1:
+		return smtp_answer(s, RPL_BE_UNAVAILABLE, NULL, 0);
+	}
+	return -1;
+}
+
 /* ---- Filters ------------------------------------------------------------- */
 
 static void
@@ -675,50 +710,27 @@ smtp_cmd_envelope(struct smtp_session *s, enum smtp_verb v, const char *arg,
 	struct smtp_mail_opts	 o;
 	enum smtp_arg_err	 e;
 	enum flt_verdict	 fv;
-	int			 is_rcpt = v == SMTP_V_RCPT;
+	int			 is_rcpt = v == SMTP_V_RCPT, r;
 	char			 line[1024];
 	size_t			 n, pathlen;
 
-	if (!is_rcpt && s->state < S_HELO) {
-		if (!smtp_local(s))
-			return CMD_WAIT;
-		smtp_error(s, RPL_NEED_HELO, NULL);
-		return CMD_DONE;
-	}
-	if (s->state != (is_rcpt ? S_MAIL : S_HELO)) {
-		if (!smtp_local(s))
-			return CMD_WAIT;
-		smtp_error(s, is_rcpt ? RPL_NEED_MAIL : RPL_NESTED_MAIL, NULL);
-		return CMD_DONE;
-	}
-	if (s->tx.abort == TX_BACKEND) {
-		if (!smtp_local(s))
-			return CMD_WAIT;
-		smtp_reply(s, s->tx.abort_reply, NULL);
-		return CMD_DONE;
-	}
+	if (!is_rcpt && s->state < S_HELO)
+		return smtp_answer(s, RPL_NEED_HELO, NULL, 1);
+	if (s->state != (is_rcpt ? S_MAIL : S_HELO))
+		return smtp_answer(s, is_rcpt ? RPL_NEED_MAIL : RPL_NESTED_MAIL,
+		    NULL, 1);
+	if (s->tx.abort == TX_BACKEND)
+		return smtp_answer(s, s->tx.abort_reply, NULL, 0);
 	e = smtp_mailrcpt_parse(arg, len, is_rcpt, &m);
 	if (e == SMTP_ARG_OK)
 		e = smtp_params_check(&m, is_rcpt, s->tx.smtputf8, &o);
-	if (e != SMTP_ARG_OK) {
-		if (!smtp_local(s))
-			return CMD_WAIT;
-		smtp_error(s, smtp_arg_reply(e, is_rcpt), NULL);
-		return CMD_DONE;
-	}
-	if (!is_rcpt && o.size > s->cfg->max_message_size) {
-		if (!smtp_local(s))
-			return CMD_WAIT;
-		smtp_reply(s, RPL_SIZE_EXCEEDED, NULL);
-		return CMD_DONE;
-	}
+	if (e != SMTP_ARG_OK)
+		return smtp_answer(s, smtp_arg_reply(e, is_rcpt), NULL, 1);
+	if (!is_rcpt && o.size > s->cfg->max_message_size)
+		return smtp_answer(s, RPL_SIZE_EXCEEDED, NULL, 0);
 	if (is_rcpt &&
-	    s->tx.nrcpt_sent - s->tx.nrcpt_rej >= s->cfg->max_recipients) {
-		if (!smtp_local(s))
-			return CMD_WAIT;
-		smtp_reply(s, RPL_TOO_MANY_RCPT, NULL);
-		return CMD_DONE;
-	}
+	    s->tx.nrcpt_sent - s->tx.nrcpt_rej >= s->cfg->max_recipients)
+		return smtp_answer(s, RPL_TOO_MANY_RCPT, NULL, 0);
 	fv = smtp_filter(s, is_rcpt ? FLT_RCPT : FLT_MAIL,
 	    is_rcpt ? NULL : &m.path, is_rcpt ? &m.path : NULL, NULL, 0);
 	if (fv == FLT_PENDING)
@@ -730,15 +742,8 @@ smtp_cmd_envelope(struct smtp_session *s, enum smtp_verb v, const char *arg,
 		return CMD_DONE;
 	}
 	if (!is_rcpt) {
-		switch (smtp_be_want(s)) {
-		case 0:
-			return CMD_WAIT;
-		case -1:
-			if (!smtp_local(s))
-				return CMD_WAIT;
-			smtp_reply(s, RPL_BE_UNAVAILABLE, NULL);
-			return CMD_DONE;
-		}
+		if ((r = smtp_be_need(s)) != -1)
+			return (enum cmd_res)r;
 	}
 	if (s->be == NULL || s->fly_n == FLY_MAX)
 		return CMD_WAIT;
@@ -814,12 +819,8 @@ smtp_cmd_rset(struct smtp_session *s, enum smtp_verb v, const char *arg,
 {
 	(void)v;
 	(void)arg;
-	if (len != 0) {
-		if (!smtp_local(s))
-			return CMD_WAIT;
-		smtp_error(s, RPL_NO_ARGS, "RSET");
-		return CMD_DONE;
-	}
+	if (len != 0)
+		return smtp_answer(s, RPL_NO_ARGS, "RSET", 1);
 	if (s->be != NULL && be_ready(s->be) && s->fly_n < FLY_MAX) {
 		if (smtp_be_send(s, "RSET", 4) < 0)
 			return CMD_WAIT;
@@ -838,24 +839,14 @@ static enum cmd_res
 smtp_cmd_expn(struct smtp_session *s, enum smtp_verb v, const char *arg,
     size_t len)
 {
-	char line[600];
+	char	line[600];
+	int	r;
 
-	if (!s->cfg->smtp_expn || s->state < S_HELO) {
-		if (!smtp_local(s))
-			return CMD_WAIT;
-		smtp_error(s, s->cfg->smtp_expn ? RPL_NEED_HELO :
-		    RPL_EXPN_DISABLED, NULL);
-		return CMD_DONE;
-	}
-	switch (smtp_be_want(s)) {
-	case 0:
-		return CMD_WAIT;
-	case -1:
-		if (!smtp_local(s))
-			return CMD_WAIT;
-		smtp_reply(s, RPL_BE_UNAVAILABLE, NULL);
-		return CMD_DONE;
-	}
+	if (!s->cfg->smtp_expn || s->state < S_HELO)
+		return smtp_answer(s, s->cfg->smtp_expn ? RPL_NEED_HELO :
+		    RPL_EXPN_DISABLED, NULL, 1);
+	if ((r = smtp_be_need(s)) != -1)
+		return (enum cmd_res)r;
 	if (s->fly_n == FLY_MAX)
 		return CMD_WAIT;
 	len = (size_t)snprintf(line, sizeof(line), "%s %.*s", smtp_verb_name(v),
