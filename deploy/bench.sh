@@ -1,0 +1,514 @@
+#!/usr/bin/env bash
+# deploy/bench.sh: throughput and memory benchmark of smtpgate.
+#
+# A benchmark, not a test: it prints figures, and PASS/MISS against the
+# reference targets, but its exit status only says whether every run
+# completed without errors (0) or not (1).
+#
+# Everything runs on 127.0.0.1 with ports picked free at run time:
+#   backend    smtp-sink (Postfix), discards mail, counts it
+#   gateway    smtpgate (a copy of build/smtpgate, so a concurrent rebuild
+#              does not change the binary under test)
+#   baseline   haproxy in TCP mode: a plain L4 proxy in front of the sink
+# Load: smtp-source, one message per connection and then -d (many messages
+# per connection), against the sink directly, through smtpgate and through
+# haproxy.  Ratios are measured within one run, since the machine is noisy.
+# Then smtpgate's RSS: peak under load, with N idle connections, and while
+# one very large message passes.
+#
+# Usage: deploy/bench.sh          (from anywhere; run as root or not)
+# Environment (defaults in brackets):
+#   BENCH_MESSAGES  messages per load run [20000]
+#   BENCH_SESSIONS  parallel smtp-source sessions [20]
+#   BENCH_SIZE      message payload bytes [2048]
+#   BENCH_ROUNDS    load rounds; figures are medians over rounds [3]
+#   BENCH_IDLE      idle connections for the RSS test [5000]
+#   BENCH_BIG_MB    size of the large message, MiB [200]
+#   BENCH_WORKERS   smtpgate worker threads (and haproxy nbthread) [2]
+#   SMTPGATE        binary to test [<repo>/build/smtpgate]
+#   BENCH_KEEP      1: keep the work directory (logs, configs) [0]
+# Quick smoke run: BENCH_MESSAGES=2000 BENCH_IDLE=500 BENCH_BIG_MB=20 deploy/bench.sh
+
+set -u
+
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(dirname "$here")
+helpers=$here/bench
+
+MESSAGES=${BENCH_MESSAGES:-20000}
+SESSIONS=${BENCH_SESSIONS:-20}
+MSGSIZE=${BENCH_SIZE:-2048}
+ROUNDS=${BENCH_ROUNDS:-3}
+IDLE=${BENCH_IDLE:-5000}
+BIG_MB=${BENCH_BIG_MB:-200}
+WORKERS=${BENCH_WORKERS:-2}
+SMTPGATE_BIN=${SMTPGATE:-$top/build/smtpgate}
+KEEP=${BENCH_KEEP:-0}
+
+SMTP_SINK=${SMTP_SINK:-/usr/sbin/smtp-sink}
+SMTP_SOURCE=${SMTP_SOURCE:-/usr/sbin/smtp-source}
+HAPROXY=${HAPROXY:-/usr/sbin/haproxy}
+
+# Reference targets (printed as PASS/MISS, never asserted).
+T_RATIO=0.90            # smtpgate msgs/s >= 0.9 x haproxy, both modes
+T_PEAK_MB=20            # peak RSS under load
+T_IDLE_MB=50            # RSS with IDLE idle connections
+T_BIG_MB=2              # RSS growth while the large message passes
+
+die() { echo "bench: $*" >&2; exit 2; }
+note() { echo "bench: $*" >&2; }
+
+for x in "$SMTP_SINK" "$SMTP_SOURCE" "$HAPROXY" "$SMTPGATE_BIN" python3; do
+	command -v "$x" >/dev/null 2>&1 || die "missing: $x"
+done
+
+# Idle connections need a file descriptor each in smtpgate and in the client.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
+nofile=$(ulimit -n)
+if [ "$nofile" != unlimited ] && [ "$nofile" -lt $((IDLE + 256)) ]; then
+	die "ulimit -n is $nofile, need at least $((IDLE + 256)) for BENCH_IDLE=$IDLE"
+fi
+
+work=$(mktemp -d /tmp/smtpgate-bench.XXXXXX) || die "mktemp failed"
+cp "$SMTPGATE_BIN" "$work/smtpgate" || die "cannot copy $SMTPGATE_BIN"
+
+# ---- process bookkeeping ----------------------------------------------------
+
+pids=()                 # every background process we started
+failures=0              # runs with errors
+
+# shellcheck disable=SC2317  # invoked by the EXIT trap
+cleanup() {
+	local p
+	for p in "${pids[@]}"; do
+		kill -TERM "$p" 2>/dev/null
+	done
+	sleep 0.3
+	for p in "${pids[@]}"; do
+		kill -KILL "$p" 2>/dev/null
+	done
+	wait 2>/dev/null
+	if [ "$KEEP" = 1 ] || [ "$failures" -gt 0 ]; then
+		note "logs and configs kept in $work"
+	else
+		rm -rf "$work"
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+forget_pid() {
+	local p keep=()
+	for p in "${pids[@]}"; do
+		[ "$p" = "$1" ] || keep+=("$p")
+	done
+	pids=("${keep[@]}")
+}
+
+# stop_pid PID NAME [TIMEOUT]: SIGTERM, then wait up to TIMEOUT seconds
+# before SIGKILL.  Sets stop_rc to the exit status; returns 1 on a hang.
+stop_pid() {
+	local pid=$1 name=$2 t=${3:-15} wd hung=0
+	kill -TERM "$pid" 2>/dev/null
+	( sleep "$t"; kill -KILL "$pid" 2>/dev/null ) &
+	wd=$!
+	wait "$pid" 2>/dev/null
+	stop_rc=$?
+	if kill -0 "$wd" 2>/dev/null; then
+		kill "$wd" 2>/dev/null
+		wait "$wd" 2>/dev/null
+	else
+		hung=1
+		note "ERROR: $name (pid $pid) did not exit within ${t}s of SIGTERM; killed"
+	fi
+	forget_pid "$pid"
+	return "$hung"
+}
+
+# Three distinct free ports on 127.0.0.1.
+free_ports() {
+	python3 -c '
+import socket
+ss = [socket.socket() for _ in range(3)]
+for s in ss:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in ss))'
+}
+
+# wait_port PORT PID: until something accepts on 127.0.0.1:PORT.
+wait_port() {
+	for _ in $(seq 100); do
+		kill -0 "$2" 2>/dev/null || return 1
+		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	return 1
+}
+
+status_kb() {           # status_kb PID FIELD -> kB (e.g. VmRSS, VmHWM)
+	awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null
+}
+
+cpu_ticks() {           # utime + stime of PID, in clock ticks
+	sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }'
+}
+
+# Resets the peak RSS (VmHWM) of PID to its current RSS, if allowed.
+reset_hwm() {
+	echo 5 2>/dev/null >"/proc/$1/clear_refs"
+}
+
+mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+# ---- the processes ------------------------------------------------------------
+
+read -r SINK_PORT GATE_PORT HAP_PORT <<<"$(free_ports)"
+[ -n "$HAP_PORT" ] || die "cannot pick free ports"
+ticks=$(getconf CLK_TCK)
+
+sink_user=()
+[ "$(id -u)" = 0 ] && sink_user=(-u nobody)
+# -c: running counters (sessions, QUITs, messages), one update per event;
+# the last one says how many messages the sink received.  PIPELINING,
+# XCLIENT and 8BITMIME stay announced (the defaults).
+"$SMTP_SINK" "${sink_user[@]}" -c -m 4096 -t 300 "127.0.0.1:$SINK_PORT" 4096 \
+    >"$work/sink.out" 2>"$work/sink.err" &
+SINK_PID=$!
+pids+=("$SINK_PID")
+wait_port "$SINK_PORT" "$SINK_PID" || die "smtp-sink did not start: $(cat "$work/sink.err")"
+
+# Messages the sink has received so far.
+sink_msgs() {
+	tr '\r' '\n' <"$work/sink.out" | awk -F'mesg=' 'NF > 1 { n = $2 + 0 } END { print n + 0 }'
+}
+
+cat >"$work/smtpgate.yaml" <<EOF
+hostname: gate.bench.test
+workers: $WORKERS
+log_level: warning
+listen:
+  - address: 127.0.0.1:$GATE_PORT
+backend:
+  servers: [127.0.0.1:$SINK_PORT]
+  xclient: true
+limits:
+  max_connections: 20000
+  max_message_size: 300M     # the large message test sends ${BIG_MB}M
+smtp:
+  reverse_dns: false
+EOF
+"$work/smtpgate" -t -c "$work/smtpgate.yaml" >"$work/smtpgate-check.log" 2>&1 ||
+	die "smtpgate rejects its config: $(cat "$work/smtpgate-check.log")"
+
+GATE_PID=
+gate_n=0
+start_gate() {
+	gate_n=$((gate_n + 1))
+	GATE_LOG=$work/smtpgate.$gate_n.log
+	"$work/smtpgate" -c "$work/smtpgate.yaml" 2>"$GATE_LOG" &
+	GATE_PID=$!
+	pids+=("$GATE_PID")
+	wait_port "$GATE_PORT" "$GATE_PID" || die "smtpgate did not start: $(cat "$GATE_LOG")"
+	sleep 0.3
+}
+stop_gate() {
+	stop_pid "$GATE_PID" smtpgate 40 || failures=$((failures + 1))
+	if [ "$stop_rc" != 0 ]; then
+		note "ERROR: smtpgate exited with status $stop_rc on SIGTERM (log: $GATE_LOG)"
+		failures=$((failures + 1))
+	fi
+	GATE_PID=
+}
+
+cat >"$work/haproxy.cfg" <<EOF
+global
+    nbthread $WORKERS
+    maxconn 8000
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+
+frontend smtp
+    bind 127.0.0.1:$HAP_PORT
+    maxconn 8000
+    default_backend sink
+
+backend sink
+    server sink 127.0.0.1:$SINK_PORT
+EOF
+"$HAPROXY" -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
+HAP_PID=$!
+pids+=("$HAP_PID")
+wait_port "$HAP_PORT" "$HAP_PID" || die "haproxy did not start: $(cat "$work/haproxy.log")"
+
+start_gate
+
+echo "smtpgate benchmark: $(date -u '+%Y-%m-%d %H:%M:%SZ'), $(nproc) CPUs, $(uname -r)"
+echo "  smtpgate $("$work/smtpgate" -V 2>&1 | awk '{ print $NF }') ($SMTPGATE_BIN), workers $WORKERS; $("$HAPROXY" -v | head -1 | cut -d' ' -f1-3), nbthread $WORKERS"
+echo "  ports: sink $SINK_PORT, smtpgate $GATE_PORT, haproxy $HAP_PORT; work dir $work"
+echo "  load: smtp-source -s $SESSIONS -m $MESSAGES -l $MSGSIZE, $ROUNDS round(s)"
+echo
+
+# ---- 1-3: throughput ---------------------------------------------------------
+
+results=$work/results       # mode target round rate|ERROR
+: >"$results"
+gate_peak_kb=0              # sampled VmRSS max over the smtpgate runs
+gate_hwm_kb=0               # VmHWM over the smtpgate runs
+
+# load TARGET MODE ROUND: one smtp-source run; appends to $results.
+load() {
+	local target=$1 mode=$2 round=$3 port pid="" dflag=() tag
+	local before after t0 t1 rc src_n sink_n secs rate err="" cpu0=0 cpu1=0 spid=""
+	local log0=0 log1 cpu_note=
+	case $target in
+	direct)   port=$SINK_PORT ;;
+	smtpgate) port=$GATE_PORT; pid=$GATE_PID ;;
+	haproxy)  port=$HAP_PORT; pid=$HAP_PID ;;
+	esac
+	[ "$mode" = multi ] && dflag=(-d)
+	tag="$mode-$target-$round"
+
+	before=$(sink_msgs)
+	if [ -n "$pid" ]; then
+		cpu0=$(cpu_ticks "$pid")
+	fi
+	if [ "$target" = smtpgate ]; then
+		log0=$(wc -l <"$GATE_LOG")
+		reset_hwm "$pid"
+		python3 "$helpers/rss_sampler.py" "$pid" 0.2 >"$work/rss-$tag" &
+		spid=$!
+		pids+=("$spid")
+	fi
+
+	t0=$(date +%s.%N)
+	"$SMTP_SOURCE" -c "${dflag[@]}" -s "$SESSIONS" -m "$MESSAGES" \
+	    -l "$MSGSIZE" -M bench.example.test "127.0.0.1:$port" \
+	    >"$work/source-$tag.out" 2>"$work/source-$tag.err"
+	rc=$?
+	t1=$(date +%s.%N)
+	sleep 0.3       # let the sink's last counter update land
+
+	if [ -n "$pid" ]; then
+		cpu1=$(cpu_ticks "$pid")
+	fi
+	if [ -n "$spid" ]; then
+		kill -TERM "$spid"
+		wait "$spid"
+		forget_pid "$spid"
+		local peak hwm
+		peak=$(sed -n 's/.*max_kb=\([0-9]*\).*/\1/p' "$work/rss-$tag")
+		hwm=$(status_kb "$pid" VmHWM)
+		[ "${peak:-0}" -gt "$gate_peak_kb" ] && gate_peak_kb=$peak
+		[ "${hwm:-0}" -gt "$gate_hwm_kb" ] && gate_hwm_kb=$hwm
+		log1=$(wc -l <"$GATE_LOG")
+		if [ "$log1" -gt "$log0" ]; then
+			note "smtpgate logged $((log1 - log0)) line(s) during $tag, e.g.:"
+			sed -n "$((log0 + 1)),$((log0 + 3))p" "$GATE_LOG" >&2
+		fi
+	fi
+
+	after=$(sink_msgs)
+	sink_n=$((after - before))
+	src_n=$(tr '\r' '\n' <"$work/source-$tag.out" | awk 'NF { n = $1 } END { print n + 0 }')
+	secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+
+	[ "$rc" = 0 ] || err="smtp-source exit $rc: $(head -c 300 "$work/source-$tag.err")"
+	[ -z "$err" ] && [ "$src_n" != "$MESSAGES" ] &&
+		err="smtp-source counted $src_n messages, expected $MESSAGES"
+	[ -z "$err" ] && [ "$sink_n" != "$MESSAGES" ] &&
+		err="smtp-sink received $sink_n messages, expected $MESSAGES"
+	[ -z "$err" ] && [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null &&
+		err="$target died"
+
+	if [ -n "$pid" ]; then
+		cpu_note=$(awk -v c=$((cpu1 - cpu0)) -v t="$ticks" -v s="$secs" \
+		    -v n="$MESSAGES" -v who="$target" 'BEGIN { printf "; %s CPU %.2fs (%.0f%% of a core, %.0f us/msg)", who, c / t, 100 * c / t / s, 1e6 * c / t / n }')
+	fi
+	if [ -n "$err" ]; then
+		failures=$((failures + 1))
+		echo "$mode $target $round ERROR" >>"$results"
+		printf '  %-6s %-9s round %s: ERROR after %ss: %s\n' "$mode" "$target" "$round" "$secs" "$err"
+		[ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null && die "$target is gone; stopping"
+		return
+	fi
+	rate=$(awk -v n="$MESSAGES" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
+	echo "$mode $target $round $rate" >>"$results"
+	printf '  %-6s %-9s round %s: %6s msgs in %7ss = %6s msgs/s%s\n' \
+	    "$mode" "$target" "$round" "$MESSAGES" "$secs" "$rate" "$cpu_note"
+}
+
+echo "Throughput (each line: one smtp-source run; sink counts checked):"
+for round in $(seq "$ROUNDS"); do
+	# Even rounds run the targets in the reverse order, so that a drift
+	# in the machine's load does not always favour the same one.
+	order="direct smtpgate haproxy"
+	[ $((round % 2)) = 0 ] && order="haproxy smtpgate direct"
+	for mode in single multi; do
+		for target in $order; do
+			load "$target" "$mode" "$round"
+		done
+	done
+done
+echo
+
+# median MODE TARGET -> median msgs/s over the rounds, or ERROR.
+median() {
+	awk -v m="$1" -v t="$2" '$1 == m && $2 == t { print $4 }' "$results" |
+	    sort -n | awk '
+		/ERROR/ { bad = 1 }
+		{ v[NR] = $1 }
+		END {
+			if (bad || NR == 0) { print "ERROR"; exit }
+			if (NR % 2) print v[(NR + 1) / 2]
+			else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2
+		}'
+}
+# pratio MODE A B -> median over the rounds of (A's msgs/s / B's msgs/s in
+# the same round), or n/a if any run of A or B failed.  Pairing by round
+# keeps the ratio meaningful when the machine's load drifts between rounds.
+pratio() {
+	awk -v m="$1" -v a="$2" -v b="$3" '
+		$1 == m && $2 == a { x[$3] = $4 }
+		$1 == m && $2 == b { y[$3] = $4 }
+		END {
+			n = 0
+			for (r in x) {
+				if (x[r] == "ERROR" || y[r] == "ERROR" || !(r in y)) { print "n/a"; exit }
+				v[++n] = x[r] / y[r]
+			}
+			if (n == 0) { print "n/a"; exit }
+			for (i = 2; i <= n; i++)        # insertion sort
+				for (j = i; j > 1 && v[j - 1] > v[j]; j--) {
+					t = v[j]; v[j] = v[j - 1]; v[j - 1] = t
+				}
+			printf "%.2f\n", (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+		}' "$results"
+}
+verdict() {             # verdict OK-CONDITION-RESULT (1/0/n/a)
+	case $1 in 1) echo PASS ;; 0) echo MISS ;; *) echo "n/a" ;; esac
+}
+
+stop_gate
+
+# ---- 5: idle connections -------------------------------------------------------
+
+echo "Idle connections:"
+start_gate
+idle_base_kb=$(status_kb "$GATE_PID" VmRSS)
+python3 "$helpers/idle_clients.py" 127.0.0.1 "$GATE_PORT" "$IDLE" 180 \
+    >"$work/idle.out" 2>"$work/idle.err" &
+IDLE_PID=$!
+pids+=("$IDLE_PID")
+idle_ok=0
+for _ in $(seq 2000); do
+	grep -q '^ready' "$work/idle.out" && break
+	kill -0 "$IDLE_PID" 2>/dev/null || break
+	sleep 0.1
+done
+sleep 1
+idle_kb=$(status_kb "$GATE_PID" VmRSS)
+idle_fds=$(find "/proc/$GATE_PID/fd" -mindepth 1 2>/dev/null | wc -l)
+stop_pid "$IDLE_PID" idle_clients 30
+ready=$(grep '^ready' "$work/idle.out")
+done_line=$(grep '^done' "$work/idle.out")
+echo "  $IDLE clients: ${ready:-no ready line} ${done_line:+/ $done_line}; smtpgate fds open: $idle_fds"
+case "$ready $done_line" in
+"ready greeted=$IDLE failed=0 done greeted=$IDLE closed_by_server=0") idle_ok=1 ;;
+esac
+if [ "$idle_ok" = 1 ]; then
+	idle_per=$(( (idle_kb - idle_base_kb) * 1024 / IDLE ))
+	echo "  smtpgate VmRSS: $(mb "$idle_base_kb") MB before, $(mb "$idle_kb") MB with $IDLE idle connections ($idle_per bytes/conn)"
+else
+	failures=$((failures + 1))
+	echo "  ERROR: not every idle connection was greeted and held (see $work/idle.out, $work/idle.err)"
+fi
+kill -0 "$GATE_PID" 2>/dev/null || die "smtpgate died during the idle test (log: $GATE_LOG)"
+stop_gate
+echo
+
+# ---- 6: one large message --------------------------------------------------------
+
+echo "Large message:"
+start_gate
+big_bytes=$((BIG_MB * 1024 * 1024))
+before=$(sink_msgs)
+big_base_kb=$(status_kb "$GATE_PID" VmRSS)
+reset_hwm "$GATE_PID"
+python3 "$helpers/rss_sampler.py" "$GATE_PID" 0.1 >"$work/rss-big" &
+spid=$!
+pids+=("$spid")
+python3 "$helpers/bigmsg.py" 127.0.0.1 "$GATE_PORT" "$big_bytes" >"$work/big.out" 2>&1
+big_rc=$?
+kill -TERM "$spid"
+wait "$spid"
+forget_pid "$spid"
+sleep 0.3
+big_sink=$(( $(sink_msgs) - before ))
+big_max_kb=$(sed -n 's/.*max_kb=\([0-9]*\).*/\1/p' "$work/rss-big")
+big_hwm_kb=$(status_kb "$GATE_PID" VmHWM)
+big_samples=$(sed -n 's/.*samples=\([0-9]*\).*/\1/p' "$work/rss-big")
+echo "  ${BIG_MB} MiB through smtpgate: $(cat "$work/big.out"); sink received $big_sink message(s)"
+big_ok=0
+if [ "$big_rc" = 0 ] && [ "$big_sink" = 1 ]; then
+	big_ok=1
+	echo "  smtpgate VmRSS: $(mb "$big_base_kb") MB before, max $(mb "$big_max_kb") MB during ($big_samples samples at 0.1s); VmHWM $(mb "$big_hwm_kb") MB"
+	# The peak: the larger of the sampled maximum and VmHWM (reset just
+	# before the message when /proc/PID/clear_refs allows).
+	[ "${big_hwm_kb:-0}" -gt "$big_max_kb" ] && big_max_kb=$big_hwm_kb
+else
+	failures=$((failures + 1))
+	echo "  ERROR: the large message did not get through as expected"
+fi
+kill -0 "$GATE_PID" 2>/dev/null || die "smtpgate died during the large message (log: $GATE_LOG)"
+stop_gate
+echo
+
+# ---- summary -----------------------------------------------------------------------
+
+echo "Summary ($([ "$ROUNDS" -gt 1 ] && echo "medians of $ROUNDS rounds; ratios paired by round; ")msgs/s; smtp-source -s $SESSIONS -m $MESSAGES -l $MSGSIZE):"
+printf '  %-14s %8s %9s %8s %13s %12s\n' mode direct smtpgate haproxy gate/haproxy gate/direct
+for mode in single multi; do
+	d=$(median "$mode" direct)
+	g=$(median "$mode" smtpgate)
+	h=$(median "$mode" haproxy)
+	gh=$(pratio "$mode" smtpgate haproxy)
+	gd=$(pratio "$mode" smtpgate direct)
+	v=n/a
+	[ "$gh" != n/a ] &&
+		v=$(verdict "$(awk -v r="$gh" -v t="$T_RATIO" 'BEGIN { print (r >= t) }')")
+	label="1 msg/conn"
+	[ "$mode" = multi ] && label="-d (multi)"
+	printf '  %-14s %8s %9s %8s %13s %12s  %s (gate >= %s x haproxy)\n' \
+	    "$label" "$d" "$g" "$h" "$gh" "$gd" "$v" "$T_RATIO"
+done
+peak_kb=$gate_peak_kb
+[ "${gate_hwm_kb:-0}" -gt "$peak_kb" ] && peak_kb=$gate_hwm_kb
+printf '  smtpgate peak RSS under load: %s MB (sampled max %s MB, VmHWM %s MB)  %s (< %s MB)\n' \
+    "$(mb "$peak_kb")" "$(mb "$gate_peak_kb")" "$(mb "${gate_hwm_kb:-0}")" \
+    "$(verdict "$(awk -v k="$peak_kb" -v t="$T_PEAK_MB" 'BEGIN { print (k < t * 1024) }')")" "$T_PEAK_MB"
+if [ "$idle_ok" = 1 ]; then
+	printf '  RSS with %s idle connections: %s MB (%s bytes/conn over %s MB at start)  %s (< %s MB)\n' \
+	    "$IDLE" "$(mb "$idle_kb")" "$idle_per" "$(mb "$idle_base_kb")" \
+	    "$(verdict "$(awk -v k="$idle_kb" -v t="$T_IDLE_MB" 'BEGIN { print (k < t * 1024) }')")" "$T_IDLE_MB"
+else
+	printf '  RSS with %s idle connections: ERROR (see above)\n' "$IDLE"
+fi
+if [ "$big_ok" = 1 ]; then
+	growth_kb=$((big_max_kb - big_base_kb))
+	printf '  RSS growth during a %s MB message: %s MB (%s -> max %s MB)  %s (< %s MB)\n' \
+	    "$BIG_MB" "$(mb "$growth_kb")" "$(mb "$big_base_kb")" "$(mb "$big_max_kb")" \
+	    "$(verdict "$(awk -v k="$growth_kb" -v t="$T_BIG_MB" 'BEGIN { print (k < t * 1024) }')")" "$T_BIG_MB"
+else
+	printf '  RSS growth during a %s MB message: ERROR (see above)\n' "$BIG_MB"
+fi
+if [ "$failures" -gt 0 ]; then
+	echo "  $failures run(s)/check(s) had errors: their figures are not reported"
+	exit 1
+fi
+exit 0
