@@ -15,6 +15,7 @@ const struct flt_def *const flt_table[] = {
 	&flt_srcroute,		/* source routes: before the relay check */
 	&flt_relay,		/* relay permission */
 	&flt_rules,		/* PCRE2 rules */
+	&flt_ratelimit,		/* rate_limits, failures per client */
 };
 const size_t flt_ntable = sizeof(flt_table) / sizeof(flt_table[0]);
 
@@ -42,6 +43,44 @@ const char *
 flt_stage_name(enum flt_stage st)
 {
 	return flt_stage_names[st];
+}
+
+/* Matches p against a path's mailbox ("" for the null path). */
+static int
+flt_match_path(const struct pattern *p, const struct smtp_path *path,
+    struct pattern_scratch *scratch)
+{
+	if (path == NULL)
+		return 0;
+	if (path->mailbox == NULL)
+		return pattern_match(p, "", 0, scratch);
+	return pattern_match(p, path->mailbox, path->mailboxlen, scratch);
+}
+
+static int
+flt_match_str(const struct pattern *p, const char *s,
+    struct pattern_scratch *scratch)
+{
+	return pattern_match(p, s ? s : "", s ? strlen(s) : 0, scratch);
+}
+
+int
+flt_match(const struct pol_match *m, const struct flt_env *env)
+{
+	struct pattern_scratch *sc = env->scratch;
+
+	return (m->client_net == NULL ||
+	    cidr_set_match(m->client_net, env->addr)) &&
+	    (m->client == NULL ||
+	    flt_match_str(m->client, env->addr_text, sc)) &&
+	    (m->client_name == NULL ||
+	    flt_match_str(m->client_name, env->client_name, sc)) &&
+	    (m->helo == NULL || flt_match_str(m->helo, env->helo, sc)) &&
+	    (m->sender == NULL || flt_match_path(m->sender, env->sender, sc)) &&
+	    (m->recipient == NULL ||
+	    flt_match_path(m->recipient, env->rcpt, sc)) &&
+	    (m->header == NULL || (env->header != NULL &&
+	    pattern_match(m->header, env->header, env->headerlen, sc)));
 }
 
 enum flt_verdict

@@ -69,6 +69,7 @@ struct flt_result {
 };
 
 struct flt_run;
+struct rl_store;
 
 /* What a filter sees of the session.  Read-only. */
 struct flt_env {
@@ -89,6 +90,12 @@ struct flt_env {
 						 * unfolded */
 	size_t			 headerlen;
 	uint64_t		 size;		/* FLT_EOM: message bytes */
+	struct rl_store		*rl;		/* the worker's rate-limit store,
+						 * or NULL */
+	int			 rl_tempfail;	/* the store failing means 4xx
+						 * (redis: on_error: tempfail) */
+	unsigned		 max_failures;	/* limits: max_failures_per_client */
+	unsigned		 failure_window;	/* limits: failure_window (ms) */
 	struct flt_run		*run;		/* the session's run of this stage,
 						 * for flt_defer() */
 };
@@ -184,6 +191,18 @@ extern const struct flt_def flt_refuse;
 extern const struct flt_def flt_srcroute;
 extern const struct flt_def flt_relay;
 extern const struct flt_def flt_rules;
+extern const struct flt_def flt_ratelimit;
+
+/* Nonzero when every matcher of m matches the session env describes
+ * (the policy's rules and rate limits match this way). */
+int flt_match(const struct pol_match *m, const struct flt_env *env);
+
+/* Fills c with the check of env's client against limits:
+ * max_failures_per_client: cost 0 asks whether it is over, cost 1 counts a
+ * failed command (forced: the penalty grows while it fails). */
+struct rl_check;
+void flt_ratelimit_failure_check(const struct flt_env *env,
+    struct rl_check *c, uint64_t cost);
 
 /* Fills res with a refusing verdict and its reply. */
 enum flt_verdict flt_answer(struct flt_result *res, enum flt_verdict v,

@@ -16,44 +16,6 @@ static const enum pol_stage flt_rules_pol_stage[FLT__STAGES] = {
 	[FLT_EOM] = POL__STAGES,
 };
 
-/* Matches p against a path's mailbox ("" for the null path). */
-static int
-flt_rules_path(const struct pattern *p, const struct smtp_path *path,
-    struct pattern_scratch *scratch)
-{
-	if (path == NULL)
-		return 0;
-	if (path->mailbox == NULL)
-		return pattern_match(p, "", 0, scratch);
-	return pattern_match(p, path->mailbox, path->mailboxlen, scratch);
-}
-
-static int
-flt_rules_str(const struct pattern *p, const char *s,
-    struct pattern_scratch *scratch)
-{
-	return pattern_match(p, s ? s : "", s ? strlen(s) : 0, scratch);
-}
-
-/* Nonzero when every matcher of m matches env. */
-static int
-flt_rules_match(const struct pol_match *m, const struct flt_env *env)
-{
-	struct pattern_scratch *sc = env->scratch;
-
-	return (m->client_net == NULL ||
-	    cidr_set_match(m->client_net, env->addr)) &&
-	    (m->client == NULL || flt_rules_str(m->client, env->addr_text, sc)) &&
-	    (m->client_name == NULL ||
-	    flt_rules_str(m->client_name, env->client_name, sc)) &&
-	    (m->helo == NULL || flt_rules_str(m->helo, env->helo, sc)) &&
-	    (m->sender == NULL || flt_rules_path(m->sender, env->sender, sc)) &&
-	    (m->recipient == NULL ||
-	    flt_rules_path(m->recipient, env->rcpt, sc)) &&
-	    (m->header == NULL || (env->header != NULL &&
-	    pattern_match(m->header, env->header, env->headerlen, sc)));
-}
-
 static enum flt_verdict
 flt_rules_hook(enum flt_stage st, const struct flt_env *env,
     struct flt_result *res)
@@ -71,7 +33,7 @@ flt_rules_hook(enum flt_stage st, const struct flt_env *env,
 		return FLT_CONTINUE;
 	for (i = 0; i < pol->nstage_rules[ps]; i++) {
 		r = &pol->rules[pol->stage_rules[ps][i]];
-		if (!flt_rules_match(&r->match, env))
+		if (!flt_match(&r->match, env))
 			continue;
 		log_info("session=%s client=%s rule=%s action=%s stage=%s",
 		    env->session, env->addr_text, r->name,

@@ -15,6 +15,8 @@ rl_gcra(uint64_t *tat, uint64_t now, const struct rl_check *c,
 		*retry_us = next - now - c->window_us;
 		return 0;
 	}
+	/* A forced check is counted even when over; its retry is 0 (the
+	 * stores compute when the next one would pass). */
 	*tat = next;
 	*retry_us = 0;
 	return next - now <= c->window_us;

@@ -16,8 +16,8 @@
  * Lua script reads and writes every key of a check with the server's clock,
  * so several gateways sharing one Redis enforce the same limit exactly.
  *
- * A key is stored with a time to live of its TAT - now (at most W), so
- * nothing lingers after traffic stops.
+ * A key is stored with a time to live of its TAT - now (at most W, or the
+ * penalty of forced counts), so nothing lingers after traffic stops.
  */
 #ifndef SMTPGATE_RATELIMIT_H
 #define SMTPGATE_RATELIMIT_H
@@ -98,6 +98,10 @@ int rl_gcra(uint64_t *tat, uint64_t now, const struct rl_check *c,
 
 struct rl_store *rl_mem_new(void);
 
+/* For tests and metrics: the keys an in-process store holds, counting the
+ * expired ones it has not removed yet; 0 for another kind of store. */
+size_t rl_mem_nkeys(const struct rl_store *st);
+
 /* ---- The Redis store: one per worker loop. ------------------------------ */
 
 struct rl_redis_params {
@@ -115,5 +119,9 @@ struct rl_redis_params {
  * (aborts when out of memory).  Checks made while it is down are answered
  * RL_ERROR at once (rl_check returns 0).  The loop must outlive it. */
 struct rl_store *rl_redis_new(uv_loop_t *loop, const struct rl_redis_params *p);
+
+/* For tests and metrics: nonzero when the Redis store is connected and
+ * its script loaded, so that checks go to Redis (0 for other stores). */
+int rl_redis_ready(const struct rl_store *st);
 
 #endif /* SMTPGATE_RATELIMIT_H */

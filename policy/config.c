@@ -45,7 +45,9 @@ enum cfg_type {
 	CT_BOOL,	/* true/false/yes/no, into a bool */
 	CT_LOGLEVEL,	/* error/warning/info/debug, into an enum log_level */
 	CT_HOST,	/* host name, into a char[max] */
-	CT_PATH		/* file name, into a malloc'd char * made absolute */
+	CT_PATH,	/* file name, into a malloc'd char * made absolute */
+	CT_STRING,	/* printable ASCII text, into a char[max] */
+	CT_ONERROR	/* allow/tempfail, into a bool (true: tempfail) */
 };
 
 /* One key a map may hold.  A table of these ends with a NULL name. */
@@ -64,11 +66,6 @@ struct cfg_key {
 	int			 required; /* an error when absent */
 };
 
-/* Suffix of a number and what it multiplies the number by. */
-struct cfg_unit {
-	const char	*suffix;	/* matched case-insensitively */
-	uint64_t	 mult;		/* multiplier */
-};
 
 /* A setting already given, to catch two keys that set one field. */
 struct cfg_seen {
@@ -88,18 +85,6 @@ struct cfg_ctx {
 };
 
 #define C(f)	offsetof(struct config, f)
-
-static const struct cfg_unit units_int[] = {
-	{ "", 1 }, { NULL, 0 }
-};
-static const struct cfg_unit units_size[] = {
-	{ "", 1 }, { "K", 1ull << 10 }, { "M", 1ull << 20 },
-	{ "G", 1ull << 30 }, { NULL, 0 }
-};
-static const struct cfg_unit units_duration[] = {
-	{ "", 1000 }, { "ms", 1 }, { "s", 1000 }, { "m", 60 * 1000 },
-	{ "h", 3600 * 1000 }, { NULL, 0 }
-};
 
 /* A scalar value, a nested map, and the end of a table. */
 #define KV(n, t, f, lo, hi)	{ n, t, C(f), lo, hi, NULL, 0, 0 }
@@ -146,6 +131,10 @@ static const struct cfg_key limits_keys[] = {
 	KV("max_line_length",	CT_UINT, max_line_length,  512, 65536),
 	KV("max_connections",	CT_UINT, max_connections,  1, UINT_MAX),
 	KV("max_errors",	CT_UINT, max_errors,	   1, UINT_MAX),
+	KV("max_connections_per_client", CT_UINT, max_conn_per_client, 0,
+	    UINT_MAX),
+	KV("max_failures_per_client", CT_UINT, max_failures, 0, UINT_MAX),
+	KV("failure_window",	CT_DURATION, failure_window, 1, DAY),
 	KEND
 };
 
@@ -162,6 +151,18 @@ static const struct cfg_key smtp_keys[] = {
 	KEND
 };
 
+static const struct cfg_key redis_keys[] = {
+	{ "address", CT_ADDR, C(redis_addr), 0, 0, NULL, 0, 1 },
+	KV("password",		CT_STRING,   redis_password,	0,
+	    sizeof(((struct config *)0)->redis_password)),
+	KV("db",		CT_UINT,     redis_db,		0, 1000000),
+	KV("key_prefix",	CT_STRING,   redis_prefix,	0,
+	    sizeof(((struct config *)0)->redis_prefix)),
+	KV("timeout",		CT_DURATION, redis_timeout,	1, 60000),
+	KV("on_error",		CT_ONERROR,  redis_tempfail,	0, 0),
+	KEND
+};
+
 static const struct cfg_key root_keys[] = {
 	KV("hostname",		CT_HOST,     hostname,		0, HOSTSZ),
 	KV("workers",		CT_UINT,     workers,	0, CFG_MAX_WORKERS),
@@ -174,6 +175,7 @@ static const struct cfg_key root_keys[] = {
 	KM("timeouts",		timeout_keys, 0),
 	KM("smtp",		smtp_keys, 0),
 	KV("policy",		CT_PATH,     policy_path,	0, 0),
+	KM("redis",		redis_keys, 0),
 	KEND
 };
 
@@ -222,37 +224,12 @@ cfg_expect(const struct cfg_key *k)
 		return "a host name such as gate.example.test";
 	case CT_PATH:
 		return "a file name";
+	case CT_STRING:
+		return "a text of printable characters";
+	case CT_ONERROR:
+		return "allow or tempfail";
 	}
 	return "a value";
-}
-
-/*
- * Parses decimal digits followed by one of units' suffixes into *v
- * (number times multiplier).  Returns 0, -1 when malformed, or -2 when the
- * value does not fit in 64 bits.
- */
-static int
-cfg_number(const char *s, const struct cfg_unit *units, uint64_t *v)
-{
-	uint64_t	 n = 0;
-	const char	*p;
-
-	for (p = s; *p >= '0' && *p <= '9'; p++) {
-		if (n > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
-			return -2;
-		n = n * 10 + (uint64_t)(*p - '0');
-	}
-	if (p == s)
-		return -1;
-	for (; units->suffix != NULL; units++) {
-		if (strcasecmp(p, units->suffix) != 0)
-			continue;
-		if (n > UINT64_MAX / units->mult)
-			return -2;
-		*v = n * units->mult;
-		return 0;
-	}
-	return -1;
 }
 
 /* Formats ms as the shortest exact duration ("5m", "50ms") into buf. */
@@ -300,7 +277,7 @@ cfg_addr_parse(const char *text, struct cfg_addr *a)
 		return "the host is too long";
 	memcpy(host, start, hlen);
 	host[hlen] = '\0';
-	if (cfg_number(end + 1 + v6, units_int, &pn) != 0 || pn < 1 ||
+	if (yu_number(end + 1 + v6, yu_units_int, &pn) != 0 || pn < 1 ||
 	    pn > 65535)
 		return "the port must be a number from 1 to 65535";
 
@@ -486,8 +463,8 @@ cfg_set(struct cfg_ctx *c, const struct cfg_key *k, const yaml_node_t *kn,
 	case CT_UINT:
 	case CT_SIZE:
 	case CT_DURATION:
-		r = cfg_number(s, k->type == CT_UINT ? units_int :
-		    k->type == CT_SIZE ? units_size : units_duration, &n);
+		r = yu_number(s, k->type == CT_UINT ? yu_units_int :
+		    k->type == CT_SIZE ? yu_units_size : yu_units_duration, &n);
 		if (r == -1 || (r == 0 && n == 0 && k->min == 1 &&
 		    k->type == CT_UINT)) {
 			cfg_error(c, &v->start_mark, "%s: expected %s, got %s",
@@ -552,6 +529,25 @@ cfg_set(struct cfg_ctx *c, const struct cfg_key *k, const yaml_node_t *kn,
 		if ((why = cfg_addr_parse(s, dst)) != NULL)
 			cfg_error(c, &v->start_mark, "%s: invalid address "
 			    "%s: %s", path, yu_got(v, got, sizeof(got)), why);
+		break;
+	case CT_STRING:
+		for (i = 0; s[i] > 0x20 && s[i] < 0x7f; i++)
+			;
+		if (s[i] != '\0' || i >= k->max)
+			cfg_error(c, &v->start_mark, "%s: expected %s (no "
+			    "spaces, at most %llu), got %s", path,
+			    cfg_expect(k), (unsigned long long)k->max - 1,
+			    yu_got(v, got, sizeof(got)));
+		else
+			strcpy(dst, s);
+		break;
+	case CT_ONERROR:
+		if (strcasecmp(s, "allow") == 0 ||
+		    strcasecmp(s, "tempfail") == 0)
+			*(bool *)dst = strcasecmp(s, "tempfail") == 0;
+		else
+			cfg_error(c, &v->start_mark, "%s: expected %s, got %s",
+			    path, cfg_expect(k), yu_got(v, got, sizeof(got)));
 		break;
 	case CT_PATH:
 		if (s[0] == '\0') {
@@ -664,6 +660,9 @@ config_defaults(struct config *cfg)
 	cfg->to_be_data_done = 10 * 60 * 1000;
 	cfg->smtp_expn = false;
 	cfg->smtp_reverse_dns = true;
+	strcpy(cfg->redis_prefix, "smtpgate:");
+	cfg->redis_timeout = 50;
+	cfg->failure_window = 10 * 60 * 1000;
 }
 
 struct config *

@@ -61,6 +61,22 @@ struct config {
 						 * included */
 	unsigned	 max_connections;	/* limits: whole process */
 	unsigned	 max_errors;		/* limits: command errors, then 421 */
+	unsigned	 max_conn_per_client;	/* limits: max_connections_per_client
+						 * (0: none), per instance */
+	unsigned	 max_failures;		/* limits: max_failures_per_client:
+						 * refused commands per client
+						 * address per failure_window
+						 * (0: none) */
+	unsigned	 failure_window;	/* limits: failure_window (ms) */
+
+	/* redis: (without it, rate limits are kept in process) */
+	struct cfg_addr	 redis_addr;		/* address: (sslen 0: no redis:) */
+	char		 redis_password[128];	/* password: ("" for none) */
+	unsigned	 redis_db;		/* db: */
+	char		 redis_prefix[64];	/* key_prefix: ("smtpgate:") */
+	unsigned	 redis_timeout;		/* timeout: (ms, 50) */
+	bool		 redis_tempfail;	/* on_error: tempfail (default
+						 * allow) */
 
 	/* timeouts: (client side, RFC 5321 4.5.3.2 server timeouts) */
 	unsigned	 to_command;		/* waiting for a command */

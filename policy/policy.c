@@ -35,11 +35,27 @@
 
 /* Keys of the top-level map, in the order of root_keys[]. */
 enum { K_INCLUDE, K_RELAY, K_SOURCE_ROUTES, K_REFUSE_CLIENTS, K_RULES,
-    K_FILTERS };
+    K_FILTERS, K_RATE_LIMITS };
 static const char *const root_keys[] = {
 	"include", "relay", "source_routes", "refuse_clients", "rules",
-	"filters", NULL
+	"filters", "rate_limits", NULL
 };
+
+/* Keys of a rate limit, in the order of rl_keys[]. */
+enum { KL_NAME, KL_MATCH, KL_KEY, KL_COUNT, KL_LIMIT, KL_WINDOW, KL_ACTION,
+    KL__N };
+static const char *const rl_keys[] = {
+	"name", "match", "key", "count", "limit", "window", "action", NULL
+};
+/* The values of key:, count: and action:, in the order of their enums. */
+static const char *const rl_key_names[] = {
+	"client_ip", "client_net", "helo", "sender", "sender_domain",
+	"recipient", "recipient_domain", "auth_user", NULL
+};
+static const char *const rl_count_names[] = {
+	"connections", "messages", "recipients", "bytes", NULL
+};
+static const char *const rl_action_names[] = { "tempfail", "reject", NULL };
 
 /* Keys of relay:, in the order of relay_keys[]. */
 enum { KR_TRUSTED, KR_LOCAL, KR_REJECT_CODE };
@@ -160,6 +176,12 @@ struct pol_ruledef {
 };
 
 /* State of one policy_load() call. */
+/* A rate limit being read. */
+struct pol_rldef {
+	struct pol_ruledef	 rd;		/* its name and match, as a rule's */
+	struct pol_ratelimit	 rl;		/* the rest */
+};
+
 struct pol_ctx {
 	struct yu_errs		 errs;		/* errors found so far */
 	const struct pol_file	*cur;		/* the file being walked */
@@ -176,6 +198,9 @@ struct pol_ctx {
 	struct pol_cidrs	 refuse;	/* refuse_clients: */
 	enum pol_srcroute	 srcroute;	/* source_routes: */
 	int			 reject_code;	/* relay: reject_code: */
+	struct pol_rldef	*rls;		/* rate_limits:, in load order */
+	size_t			 nrls;		/* entries used in rls */
+	size_t			 rlcap;		/* entries allocated in rls */
 	struct pol_ruledef	*rules;		/* rules:, in load order */
 	size_t			 nrules;	/* entries used in rules */
 	size_t			 rulecap;	/* entries allocated in rules */
@@ -196,6 +221,9 @@ static void pol_file_load(struct pol_ctx *, char *, const yaml_node_t *,
     const char *);
 static void pol_filter_item(struct pol_ctx *, const yaml_node_t *,
     const char *, size_t, void *);
+static void pol_ratelimit(struct pol_ctx *, const yaml_node_t *,
+    const char *, size_t, void *);
+static void pol_check_rule_names(struct pol_ctx *);
 
 /* Returns the node numbered id of the document being walked. */
 static yaml_node_t *
@@ -636,9 +664,38 @@ pol_rulecmp(const void *a, const void *b)
 	return *x < *y ? -1 : *x > *y;
 }
 
-/* Reports every rule whose name an earlier rule (any file) has. */
+/*
+ * Reports every rate limit whose name an earlier one has, then every rule
+ * whose name an earlier rule (any file) has.
+ */
 static void
 pol_check_names(struct pol_ctx *c)
+{
+	size_t	 a, b;
+
+	for (a = 0; a < c->nrls; a++)
+		for (b = 0; b < a; b++) {
+			if (c->rls[a].rd.rule.name == NULL ||
+			    c->rls[b].rd.rule.name == NULL ||
+			    strcmp(c->rls[a].rd.rule.name,
+			    c->rls[b].rd.rule.name) != 0)
+				continue;
+			c->errs.file = c->rls[a].rd.file;
+			c->errs.fileidx = c->rls[a].rd.fileidx;
+			yu_error(&c->errs, &c->rls[a].rd.mark, "rate_limits[%zu]"
+			    ".name: duplicate rate limit name \"%s\" (first "
+			    "defined at %s:%zu:%zu)", c->rls[a].rd.index,
+			    c->rls[a].rd.rule.name, c->rls[b].rd.file,
+			    c->rls[b].rd.mark.line + 1,
+			    c->rls[b].rd.mark.column + 1);
+			break;
+		}
+	pol_check_rule_names(c);
+}
+
+/* Rule names are unique across every file. */
+static void
+pol_check_rule_names(struct pol_ctx *c)
 {
 	struct pol_ruledef	**v, *first = NULL;
 	size_t			 i, n = 0;
@@ -783,6 +840,10 @@ pol_walk(struct pol_ctx *c, const yaml_node_t *map)
 			pol_each(c, kv, path, "a list of rules", 0, pol_rule,
 			    NULL);
 			break;
+		case K_RATE_LIMITS:
+			pol_each(c, kv, path, "a list of rate limits", 0,
+			    pol_ratelimit, NULL);
+			break;
 		case K_FILTERS:
 			if (pol_once(c, &c->w_filters, kn, path) != 0)
 				break;
@@ -795,6 +856,125 @@ pol_walk(struct pol_ctx *c, const yaml_node_t *map)
 			break;
 		}
 	}
+}
+
+/* Reads limit: or window: (units: yu_units_int or yu_units_duration). */
+static void
+pol_rl_number(struct pol_ctx *c, const yaml_node_t *v, const char *path,
+    const struct yu_unit *units, const char *expect, uint64_t *out)
+{
+	const char	*s;
+	char		 got[80];
+
+	if ((s = yu_scalar(&c->errs, v, path, expect)) == NULL)
+		return;
+	if (yu_number(s, units, out) != 0 || *out == 0) {
+		yu_error(&c->errs, &v->start_mark, "%s: expected %s, got %s",
+		    path, expect, yu_got(v, got, sizeof(got)));
+		*out = 0;
+	}
+}
+
+/*
+ * Checks that a rate limit can be counted where its count and key say:
+ * connections are counted before anything but the client is known, bytes
+ * at the end of the message, once per message.
+ */
+static void
+pol_rl_check(struct pol_ctx *c, const yaml_node_t *v, const char *path,
+    const struct pol_ratelimit *rl)
+{
+	int rcpt_key = rl->key == POL_RLK_RECIPIENT ||
+	    rl->key == POL_RLK_RECIPIENT_DOMAIN;
+
+	if (rl->count == POL_RLC_CONNECTIONS &&
+	    (rl->key > POL_RLK_CLIENT_NET || rl->rule.stage > POL_CONNECT))
+		yu_error(&c->errs, &v->start_mark, "%s: count: connections "
+		    "needs key client_ip or client_net and a match on client "
+		    "or client_name only (nothing else is known at connect)",
+		    path);
+	if (rl->count == POL_RLC_BYTES && (rcpt_key ||
+	    rl->rule.stage >= POL_RCPT))
+		yu_error(&c->errs, &v->start_mark, "%s: count: bytes is "
+		    "counted once per message: it takes no recipient key or "
+		    "recipient match", path);
+	if (rl->count == POL_RLC_MESSAGES && rl->rule.stage == POL_HEADER)
+		yu_error(&c->errs, &v->start_mark, "%s: a rate limit cannot "
+		    "match on header lines", path);
+}
+
+/* One entry of rate_limits:. */
+static void
+pol_ratelimit(struct pol_ctx *c, const yaml_node_t *v, const char *path,
+    size_t idx, void *arg)
+{
+	const yaml_node_pair_t	*p;
+	const yaml_node_t	*kv;
+	struct pol_rldef	*d;
+	char			 kpath[POL_PATH_MAX], got[80];
+	char			 seen[KL__N] = { 0 };
+	long			 i;
+
+	(void)arg;
+	if (v->type != YAML_MAPPING_NODE) {
+		yu_error(&c->errs, &v->start_mark, "%s: expected a rate limit "
+		    "(a map with name, key, count, limit and window), got %s",
+		    path, yu_got(v, got, sizeof(got)));
+		return;
+	}
+	c->rls = yu_grow(c->rls, &c->rlcap, c->nrls, sizeof(*c->rls));
+	d = &c->rls[c->nrls++];
+	memset(d, 0, sizeof(*d));
+	d->rd.file = c->cur->path;
+	d->rd.fileidx = c->cur->idx;
+	d->rd.index = idx;
+	d->rl.rule.action = POL_TEMPFAIL;
+	for (p = v->data.mapping.pairs.start; p < v->data.mapping.pairs.top;
+	    p++) {
+		if ((i = yu_map_key(&c->errs, c->cur->doc, v, p, rl_keys,
+		    sizeof(*rl_keys), path, kpath, sizeof(kpath))) == -1)
+			continue;
+		kv = pol_node(c, p->value);
+		seen[i] = 1;
+		switch (i) {
+		case KL_NAME:
+			pol_rule_name(c, kv, kpath, &d->rd);
+			break;
+		case KL_MATCH:
+			pol_match(c, kv, kpath, &d->rd.rule);
+			break;
+		case KL_KEY:
+			if ((i = pol_choice(c, kv, kpath, rl_key_names)) != -1)
+				d->rl.key = (enum pol_rl_key)i;
+			break;
+		case KL_COUNT:
+			if ((i = pol_choice(c, kv, kpath, rl_count_names)) != -1)
+				d->rl.count = (enum pol_rl_count)i;
+			break;
+		case KL_LIMIT:
+			pol_rl_number(c, kv, kpath, yu_units_int,
+			    "a positive number of events", &d->rl.limit);
+			break;
+		case KL_WINDOW:
+			pol_rl_number(c, kv, kpath, yu_units_duration,
+			    "a duration such as 60s, 10m or 1h",
+			    &d->rl.window_ms);
+			break;
+		case KL_ACTION:
+			if ((i = pol_choice(c, kv, kpath, rl_action_names)) != -1)
+				d->rd.rule.action = i ? POL_REJECT :
+				    POL_TEMPFAIL;
+			break;
+		}
+	}
+	for (i = 0; i < KL__N; i++)
+		if (!seen[i] && i != KL_MATCH && i != KL_ACTION)
+			yu_error(&c->errs, &v->start_mark, "%s.%s: required "
+			    "setting is missing", path, rl_keys[i]);
+	if (!seen[KL_ACTION])
+		d->rd.rule.action = POL_TEMPFAIL;
+	d->rl.rule = d->rd.rule;
+	pol_rl_check(c, v, path, &d->rl);
 }
 
 /* One name of filters:: a known filter, given once. */
@@ -949,6 +1129,9 @@ pol_ctx_free(struct pol_ctx *c)
 	for (i = 0; i < c->nrules; i++)
 		pol_rule_free(&c->rules[i].rule);
 	free(c->rules);
+	for (i = 0; i < c->nrls; i++)
+		pol_rule_free(&c->rls[i].rd.rule);
+	free(c->rls);
 	free(c->trusted.v);
 	free(c->refuse.v);
 	for (i = 0; i < c->ndomains; i++)
@@ -1009,6 +1192,19 @@ pol_build(struct pol_ctx *c, const char *path)
 		idx[at] = i;
 	}
 	pol->rules = rules;
+	if (c->nrls > 0) {
+		struct pol_ratelimit *rls;
+
+		if ((rls = calloc(c->nrls, sizeof(*rls))) == NULL)
+			yu_oom();
+		for (i = 0; i < c->nrls; i++) {
+			rls[i] = c->rls[i].rl;
+			rls[i].rule = c->rls[i].rd.rule;
+		}
+		pol->ratelimits = rls;
+		pol->nratelimits = c->nrls;
+		c->nrls = 0;
+	}
 	pol->nrules = c->nrules;
 	c->nrules = 0;
 	return pol;
@@ -1072,6 +1268,9 @@ policy_unref(struct policy *pol)
 	for (i = 0; i < pol->nrules; i++)
 		pol_rule_free((struct pol_rule *)&pol->rules[i]);
 	free((struct pol_rule *)pol->rules);
+	for (i = 0; i < pol->nratelimits; i++)
+		pol_rule_free((struct pol_rule *)&pol->ratelimits[i].rule);
+	free((void *)pol->ratelimits);
 	/* The first stage's list starts the one array of them all. */
 	free((size_t *)pol->stage_rules[0]);
 	cidr_set_free((struct cidr_set *)pol->trusted_networks);

@@ -12,6 +12,7 @@
 
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 struct flt_def;
@@ -156,6 +157,40 @@ struct pol_rule {
 						 * Sender rejected" */
 };
 
+/* What a rate limit counts per. */
+enum pol_rl_key {
+	POL_RLK_CLIENT_IP,		/* the client's address */
+	POL_RLK_CLIENT_NET,		/* its /24 (IPv4) or /64 (IPv6) */
+	POL_RLK_HELO,			/* the HELO/EHLO name */
+	POL_RLK_SENDER,			/* the sender's mailbox */
+	POL_RLK_SENDER_DOMAIN,		/* its domain */
+	POL_RLK_RECIPIENT,		/* each recipient's mailbox */
+	POL_RLK_RECIPIENT_DOMAIN,	/* its domain */
+	POL_RLK_AUTH_USER,		/* the SMTP AUTH user (none: not counted) */
+	POL_RLK__COUNT
+};
+
+/* What a rate limit counts. */
+enum pol_rl_count {
+	POL_RLC_CONNECTIONS,	/* sessions, at connect (421 4.7.0) */
+	POL_RLC_MESSAGES,	/* transactions, at MAIL (or at each RCPT when
+				 * the key is a recipient's) */
+	POL_RLC_RECIPIENTS,	/* recipients, at each RCPT */
+	POL_RLC_BYTES,		/* message bytes, at the final dot */
+	POL_RLC__COUNT
+};
+
+/* One entry of rate_limits:. */
+struct pol_ratelimit {
+	struct pol_rule		 rule;		/* name; match (optional: absent
+						 * matches every session); action
+						 * (POL_TEMPFAIL or POL_REJECT) */
+	enum pol_rl_key		 key;		/* key: */
+	enum pol_rl_count	 count;		/* count: */
+	uint64_t		 limit;		/* limit: events per window */
+	uint64_t		 window_ms;	/* window: */
+};
+
 struct policy {
 	atomic_int		 refs;		/* references; freed at zero */
 	const char		*path;		/* the file it was loaded from;
@@ -177,6 +212,9 @@ struct policy {
 	const struct pol_rule	*rules;		/* rules:, in file order
 						 * (included files' first) */
 	size_t			 nrules;	/* entries in rules */
+	const struct pol_ratelimit *ratelimits;	/* rate_limits:, in file
+						 * order */
+	size_t			 nratelimits;	/* entries in ratelimits */
 	/* For each stage, the indexes into rules of the rules evaluated
 	 * there, in file order.  Never NULL, even when empty. */
 	const size_t		*stage_rules[POL__STAGES];

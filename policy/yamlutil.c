@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <yaml.h>
 
@@ -340,4 +341,40 @@ yu_host_check(const char *text, size_t size)
 	if (label == 0 || text[i - 1] == '-')
 		return "it ends in '.' or '-'";
 	return NULL;
+}
+
+const struct yu_unit yu_units_int[] = {
+	{ "", 1 }, { NULL, 0 }
+};
+const struct yu_unit yu_units_size[] = {
+	{ "", 1 }, { "K", 1ull << 10 }, { "M", 1ull << 20 },
+	{ "G", 1ull << 30 }, { NULL, 0 }
+};
+const struct yu_unit yu_units_duration[] = {
+	{ "", 1000 }, { "ms", 1 }, { "s", 1000 }, { "m", 60 * 1000 },
+	{ "h", 3600 * 1000 }, { NULL, 0 }
+};
+
+int
+yu_number(const char *s, const struct yu_unit *units, uint64_t *v)
+{
+	uint64_t	 n = 0;
+	const char	*p;
+
+	for (p = s; *p >= '0' && *p <= '9'; p++) {
+		if (n > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+			return -2;
+		n = n * 10 + (uint64_t)(*p - '0');
+	}
+	if (p == s)
+		return -1;
+	for (; units->suffix != NULL; units++) {
+		if (strcasecmp(p, units->suffix) != 0)
+			continue;
+		if (n > UINT64_MAX / units->mult)
+			return -2;
+		*v = n * units->mult;
+		return 0;
+	}
+	return -1;
 }

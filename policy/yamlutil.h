@@ -13,6 +13,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <yaml.h>
 
@@ -124,5 +125,24 @@ long yu_map_key(struct yu_errs *errs, yaml_document_t *doc,
  * RFC 1035 has them.
  */
 const char *yu_host_check(const char *text, size_t size);
+
+/* A number's unit suffix and what it multiplies by. */
+struct yu_unit {
+	const char	*suffix;	/* "" for none, "ms", "K", ... */
+	uint64_t	 mult;		/* what the number is multiplied by */
+};
+
+/* Plain integers; sizes (K, M, G: binary); durations in ms (ms, s, m, h;
+ * no suffix means seconds).  Each ends with a NULL suffix. */
+extern const struct yu_unit yu_units_int[];
+extern const struct yu_unit yu_units_size[];
+extern const struct yu_unit yu_units_duration[];
+
+/*
+ * Parses decimal digits followed by one of units' suffixes (case does not
+ * matter) into *v (the number times the multiplier).  Returns 0, -1 when
+ * malformed, or -2 when the value does not fit in 64 bits.
+ */
+int yu_number(const char *s, const struct yu_unit *units, uint64_t *v);
 
 #endif /* SMTPGATE_YAMLUTIL_H */

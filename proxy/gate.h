@@ -22,6 +22,8 @@
 
 struct smtp_session;
 struct pattern_scratch;
+struct rl_store;
+struct client_table;
 
 struct proxy_ctx {
 	const char		*config_path;	/* -c FILE */
@@ -30,6 +32,9 @@ struct proxy_ctx {
 	unsigned		 nworkers;
 	atomic_uint		 nconns;	/* client connections, all workers */
 	atomic_uint_fast64_t	 ntx;		/* transactions relayed, all workers */
+	struct rl_store		*rl_mem;	/* the in-process rate-limit store,
+						 * shared (used without redis:) */
+	struct client_table	*clients;	/* connections per client address */
 	uv_async_t		 done_async;	/* worker -> main: a worker ended */
 	atomic_uint		 ndone;		/* workers that ended */
 };
@@ -53,6 +58,10 @@ struct worker {
 	unsigned		 nsessions;
 	uint64_t		 next_id;	/* session counter */
 	struct pattern_scratch	*scratch;	/* PCRE2 match data of this thread */
+	struct rl_store		*rl;		/* rate-limit store: this worker's
+						 * Redis connection, or the shared
+						 * in-process store */
+	int			 rl_own;	/* rl is ours (Redis): free it */
 	char			*pool[IOBUF_POOL];	/* free input buffers */
 	unsigned		 npool;
 };

@@ -17,9 +17,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "clients.h"
 #include "explain.h"
 #include "gate.h"
 #include "log.h"
+#include "ratelimit.h"
 
 static void
 usage(void)
@@ -94,9 +96,11 @@ reload(struct proxy_ctx *ctx)
 	if (cfg->nlisten != ctx->cfg->nlisten ||
 	    memcmp(cfg->listen, ctx->cfg->listen,
 	    cfg->nlisten * sizeof(cfg->listen[0])) != 0 ||
-	    cfg->workers != ctx->cfg->workers)
-		log_warn("reload: listen addresses and workers take effect "
-		    "at the next restart");
+	    cfg->workers != ctx->cfg->workers ||
+	    memcmp(&cfg->redis_addr, &ctx->cfg->redis_addr,
+	    sizeof(cfg->redis_addr)) != 0)
+		log_warn("reload: listen addresses, workers and the redis "
+		    "address take effect at the next restart");
 	log_set_level(cfg->log_level);
 	for (i = 0; i < ctx->nworkers; i++)
 		worker_post(&ctx->workers[i], cfg, 0);
@@ -170,6 +174,9 @@ run(struct proxy_ctx *ctx)
 		uv_signal_start(&m.sig[i], signal_cb, signums[i]);
 		m.nsig++;
 	}
+	if ((ctx->rl_mem = rl_mem_new()) == NULL ||
+	    (ctx->clients = client_table_new()) == NULL)
+		fatalx("out of memory");
 	uv_async_init(uv_default_loop(), &ctx->done_async, done_cb);
 	ctx->done_async.data = &m;
 	for (i = 0; i < ctx->nworkers; i++)
@@ -185,6 +192,8 @@ run(struct proxy_ctx *ctx)
 	log_info("smtpgate stopped: %llu transactions relayed",
 	    (unsigned long long)atomic_load(&ctx->ntx));
 	free(ctx->workers);
+	rl_store_free(ctx->rl_mem);
+	client_table_free(ctx->clients);
 	config_unref(ctx->cfg);
 	return 0;
 }

@@ -21,10 +21,12 @@
 #include <string.h>
 
 #include "backend.h"
+#include "clients.h"
 #include "filter.h"
 #include "gate.h"
 #include "log.h"
 #include "policy.h"
+#include "ratelimit.h"
 #include "smtp_parse.h"
 #include "smtp_reply.h"
 #include "smtp_session.h"
@@ -81,6 +83,7 @@ enum tx_abort {
 #define SF_GREETED	0x0400	/* the connect stage is over, greeting sent */
 #define SF_REFUSED	0x0800	/* session refused: 503 to all but QUIT */
 #define SF_EOM		0x1000	/* final dot read, end-of-data stage due */
+#define SF_COUNTED	0x2000	/* counted in the per-client table */
 
 #define HDR_MAX		1024	/* header bytes kept for the header stage */
 
@@ -214,10 +217,13 @@ smtp_reply(struct smtp_session *s, enum smtp_reply_id id, const char *arg)
 }
 
 /* A command error: the reply, then 421 and close past max_errors. */
+static void smtp_fail(struct smtp_session *);
+
 static void
 smtp_error(struct smtp_session *s, enum smtp_reply_id id, const char *arg)
 {
 	smtp_reply(s, id, arg);
+	smtp_fail(s);
 	if (++s->errors >= s->cfg->max_errors) {
 		log_info("session=%s client=%s too many errors (%u)", s->idstr,
 		    s->addr, s->errors);
@@ -493,6 +499,44 @@ smtp_flt_resumed_cb(void *arg)
 	smtp_process(arg);
 }
 
+/* The rate-limit side of a filter environment. */
+static void
+smtp_env_limits(const struct smtp_session *s, struct flt_env *env)
+{
+	env->rl = s->w->rl;
+	env->rl_tempfail = s->cfg->redis_tempfail;
+	env->max_failures = s->cfg->max_failures;
+	env->failure_window = s->cfg->failure_window;
+}
+
+static void
+smtp_fail_done_cb(void *arg, const struct rl_result *r)
+{
+	(void)arg;
+	(void)r;
+}
+
+/*
+ * Counts a refused command against the client's address, for
+ * limits: max_failures_per_client (enforced at connect, for the whole
+ * fleet when the store is Redis).  Fire and forget.
+ */
+static void
+smtp_fail(struct smtp_session *s)
+{
+	struct flt_env	env;
+	struct rl_check	c;
+	struct rl_result r;
+
+	if (s->cfg->max_failures == 0 || s->w->rl == NULL)
+		return;
+	memset(&env, 0, sizeof(env));
+	env.addr_text = s->addr;
+	smtp_env_limits(s, &env);
+	flt_ratelimit_failure_check(&env, &c, 1);
+	(void)rl_check(s->w->rl, &c, 1, &r, smtp_fail_done_cb, NULL);
+}
+
 /*
  * Runs filter stage st, or recalls its verdict when the command at hand
  * already ran it (a command may be dispatched again after waiting).
@@ -532,6 +576,7 @@ smtp_filter(struct smtp_session *s, enum flt_stage st,
 	env.header = hdr;
 	env.headerlen = hdrlen;
 	env.size = s->tx.scan.bytes >= 3 ? s->tx.scan.bytes - 3 : 0;
+	smtp_env_limits(s, &env);
 	return flt_run_stage(&s->flt, st, &env);
 }
 
@@ -581,6 +626,8 @@ smtp_refused(struct smtp_session *s, enum flt_verdict v)
 	smtp_verdict_log(s);
 	n = snprintf(buf, sizeof(buf), "%03d %s\r\n", r->code, r->reply);
 	smtp_out(s, buf, (size_t)n);
+	if (r->code >= 500)
+		smtp_fail(s);
 	if (v == FLT_REFUSE)
 		smtp_refuse_session(s);
 	return 1;
@@ -1481,6 +1528,9 @@ smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
 			s->tx.nrcpt_ok++;
 		else
 			s->tx.nrcpt_rej++;
+		/* Unknown users: what a dictionary attack probes for. */
+		if (code / 100 == 5)
+			smtp_fail(s);
 		break;
 	case F_DATA:
 		s->flags &= ~SF_AWAIT;
@@ -1641,6 +1691,9 @@ smtp_free(struct smtp_session *s)
 	if (s->in != NULL)
 		worker_buf_put(w, s->in);
 	free(s->tx.hdr.buf);
+	if (s->flags & SF_COUNTED)
+		client_table_del(w->ctx->clients,
+		    (const struct sockaddr *)&s->ss);
 	config_unref(s->cfg);
 	atomic_fetch_sub(&w->ctx->nconns, 1);
 	free(s);
@@ -1770,6 +1823,20 @@ smtp_session_accept(struct worker *w, uv_stream_t *listener)
 		s->flags |= SF_CLOSE_AFTER;
 		smtp_flush(s);
 		return;
+	}
+	if (s->cfg->max_conn_per_client != 0) {
+		if (client_table_add(w->ctx->clients,
+		    (const struct sockaddr *)&s->ss,
+		    s->cfg->max_conn_per_client) < 0) {
+			log_info("session=%s client=%s refused: %u connections "
+			    "from it", s->idstr, s->addr,
+			    s->cfg->max_conn_per_client);
+			smtp_reply(s, RPL_TOO_MANY_CONN_CLIENT, s->addr);
+			s->flags |= SF_CLOSE_AFTER;
+			smtp_flush(s);
+			return;
+		}
+		s->flags |= SF_COUNTED;
 	}
 	log_debug("session=%s connect from %s port %u", s->idstr, s->addr,
 	    s->client.port);

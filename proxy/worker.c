@@ -1,11 +1,14 @@
 /*
  * worker.c: a worker thread: one loop, its listeners, its sessions.
  */
+#include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "gate.h"
 #include "log.h"
 #include "policy.h"
+#include "ratelimit.h"
 #include "smtp_session.h"
 
 char *
@@ -43,6 +46,12 @@ worker_maybe_exit(struct worker *w)
 {
 	if (!w->draining || w->nsessions > 0)
 		return;
+	if (w->rl_own) {
+		/* Its handles close on this loop before it ends. */
+		rl_store_free(w->rl);
+		w->rl_own = 0;
+	}
+	w->rl = NULL;
 	if (!uv_is_closing((uv_handle_t *)&w->async))
 		uv_close((uv_handle_t *)&w->async, NULL);
 	if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
@@ -115,6 +124,41 @@ worker_async_cb(uv_async_t *a)
 		uv_timer_start(&w->drain_timer, worker_drain_timeout_cb, 0, 0);
 }
 
+/*
+ * The rate-limit store: a Redis connection of this worker's loop when the
+ * config has redis:, else the process's in-process store.  A reload does
+ * not change it.
+ */
+static void
+worker_rl_open(struct worker *w)
+{
+	const struct config	*cfg = w->cfg;
+	struct rl_redis_params	 p;
+	char			 host[64], name[32];
+	const struct sockaddr	*sa = (const struct sockaddr *)&cfg->redis_addr.ss;
+
+	if (cfg->redis_addr.sslen == 0) {
+		w->rl = w->ctx->rl_mem;
+		return;
+	}
+	if (sa->sa_family == AF_INET6) {
+		uv_ip6_name((const struct sockaddr_in6 *)sa, host, sizeof(host));
+		p.port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+	} else {
+		uv_ip4_name((const struct sockaddr_in *)sa, host, sizeof(host));
+		p.port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
+	}
+	snprintf(name, sizeof(name), "worker %u", w->idx);
+	p.host = host;
+	p.password = cfg->redis_password[0] ? cfg->redis_password : NULL;
+	p.db = (int)cfg->redis_db;
+	p.prefix = cfg->redis_prefix;
+	p.timeout_ms = cfg->redis_timeout;
+	p.name = name;
+	w->rl = rl_redis_new(&w->loop, &p);
+	w->rl_own = 1;
+}
+
 static void
 worker_main(void *arg)
 {
@@ -122,6 +166,7 @@ worker_main(void *arg)
 	unsigned	 i;
 	int		 r;
 
+	worker_rl_open(w);
 	for (i = 0; i < w->nlisteners; i++) {
 		uv_tcp_init(&w->loop, &w->listeners[i]);
 		w->listeners[i].data = w;

@@ -263,7 +263,8 @@ static const struct err_case {
 	  "colour: blue\n",
 	  { "6:3: limits.max_recipent: unknown setting (known here: "
 	    "max_message_size, max_recipients, max_line_length, "
-	    "max_connections, max_errors)\n",
+	    "max_connections, max_errors, max_connections_per_client, "
+	    "max_failures_per_client, failure_window)\n",
 	    "7:1: colour: unknown setting (known here: hostname, workers," } },
 	{ "list where a map is expected", BASE
 	  "limits: [1, 2]\n"

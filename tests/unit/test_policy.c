@@ -424,7 +424,7 @@ static const struct err_case {
 	    "8:5: rules[0].replay: unknown setting (known here: name, match, "
 	    "action, reply)\n",
 	    "9:1: colour: unknown setting (known here: include, relay, "
-	    "source_routes, refuse_clients, rules, filters)\n" } },
+	    "source_routes, refuse_clients, rules, filters, rate_limits)\n" } },
 	{ "bad networks",
 	  "relay:\n"
 	  "  trusted_networks: [10.0.0.0/33, 10.0.0.1/8, \"::1/129\",\n"

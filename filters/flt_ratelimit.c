@@ -1,0 +1,288 @@
+/*
+ * flt_ratelimit.c: the policy's rate_limits, and the limit on failed
+ * commands per client address.
+ *
+ * At each stage the rate limits counted there whose match: fits the
+ * session are gathered into one rl_check() of the worker's store (Redis,
+ * or the in-process store): one round trip per stage at most.  Over a
+ * limit, the command gets 450 4.7.1 (451 at the final dot, 421 4.7.0 for
+ * connections) naming the rule; the store failing or too slow lets the
+ * session through or answers 4xx, as redis: on_error says.
+ */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "filter.h"
+#include "log.h"
+#include "ratelimit.h"
+
+#define RL_NAME_MAX	64	/* rule names kept for the answer */
+#define RL_VALUE_MAX	200	/* longer key values are hashed */
+
+/* An answer the store owes: what the verdict needs, copied. */
+struct rl_req {
+	struct flt_call	*call;		/* the session's pending call */
+	enum flt_stage	 stage;		/* where it was asked */
+	int		 tempfail;	/* on_error: tempfail */
+	char		 host[256];	/* our hostname, for 421 */
+	char		 client[64];	/* the client's address, for 421 */
+	size_t		 n;		/* checks asked */
+	enum pol_action	 action[RL_CHECKS_MAX];	/* each check's action */
+	char		 name[RL_CHECKS_MAX][RL_NAME_MAX];	/* each rule */
+	const char	*rule[RL_CHECKS_MAX];	/* each rule's name in the
+						 * policy: valid while the session
+						 * (holding the policy) lives,
+						 * which flt_resume() checks */
+};
+
+/* The stage at which a rate limit is counted. */
+static enum flt_stage
+rl_stage(const struct pol_ratelimit *rl)
+{
+	switch (rl->count) {
+	case POL_RLC_CONNECTIONS:
+		return FLT_CONNECT;
+	case POL_RLC_BYTES:
+		return FLT_EOM;
+	case POL_RLC_RECIPIENTS:
+		return FLT_RCPT;
+	default:
+		if (rl->key == POL_RLK_RECIPIENT ||
+		    rl->key == POL_RLK_RECIPIENT_DOMAIN ||
+		    rl->rule.stage >= POL_RCPT)
+			return FLT_RCPT;
+		return FLT_MAIL;
+	}
+}
+
+/* Appends s[0..len) to buf at *at, lowercased when fold. */
+static void
+rl_put(char *buf, size_t size, size_t *at, const char *s, size_t len,
+    int fold)
+{
+	size_t i;
+
+	for (i = 0; i < len && *at + 1 < size; i++)
+		buf[(*at)++] = fold ? (char)tolower((unsigned char)s[i]) : s[i];
+	buf[*at] = '\0';
+}
+
+/* The client's /24 or /64 as text. */
+static void
+rl_net(const struct sockaddr *sa, char *buf, size_t size)
+{
+	struct in6_addr	a6;
+	struct in_addr	a4;
+
+	if (sa->sa_family == AF_INET6) {
+		a6 = ((const struct sockaddr_in6 *)sa)->sin6_addr;
+		memset(a6.s6_addr + 8, 0, 8);
+		inet_ntop(AF_INET6, &a6, buf, (socklen_t)size);
+		strncat(buf, "/64", size - strlen(buf) - 1);
+	} else {
+		a4 = ((const struct sockaddr_in *)sa)->sin_addr;
+		a4.s_addr &= htonl(0xffffff00);
+		inet_ntop(AF_INET, &a4, buf, (socklen_t)size);
+		strncat(buf, "/24", size - strlen(buf) - 1);
+	}
+}
+
+/* A path's mailbox (domain lowercased) or only its domain, "<>" if null. */
+static void
+rl_path(const struct smtp_path *p, int domain, char *buf, size_t size)
+{
+	size_t at = 0;
+
+	buf[0] = '\0';
+	if (p == NULL || p->mailbox == NULL) {
+		rl_put(buf, size, &at, "<>", 2, 0);
+		return;
+	}
+	if (!domain)
+		rl_put(buf, size, &at, p->local, p->locallen, 0);
+	if (p->domain != NULL) {
+		if (!domain)
+			rl_put(buf, size, &at, "@", 1, 0);
+		rl_put(buf, size, &at, p->domain, p->domainlen, 1);
+	}
+}
+
+/*
+ * Builds the check of rate limit rl for env into c.  Returns 0, or -1
+ * when the key has no value in this session (auth_user before AUTH).
+ */
+static int
+rl_make(const struct pol_ratelimit *rl, const struct flt_env *env,
+    struct rl_check *c)
+{
+	char		value[RL_KEY_MAX];
+	size_t		at = 0, len;
+	uint64_t	h = 1469598103934665603ull;
+
+	value[0] = '\0';
+	switch (rl->key) {
+	case POL_RLK_CLIENT_IP:
+		rl_put(value, sizeof(value), &at, env->addr_text,
+		    strlen(env->addr_text), 1);
+		break;
+	case POL_RLK_CLIENT_NET:
+		rl_net(env->addr, value, sizeof(value));
+		break;
+	case POL_RLK_HELO:
+		rl_put(value, sizeof(value), &at, env->helo, strlen(env->helo),
+		    1);
+		break;
+	case POL_RLK_SENDER:
+	case POL_RLK_SENDER_DOMAIN:
+		rl_path(env->sender, rl->key == POL_RLK_SENDER_DOMAIN, value,
+		    sizeof(value));
+		break;
+	case POL_RLK_RECIPIENT:
+	case POL_RLK_RECIPIENT_DOMAIN:
+		rl_path(env->rcpt, rl->key == POL_RLK_RECIPIENT_DOMAIN, value,
+		    sizeof(value));
+		break;
+	default:
+		return -1;	/* auth_user: no AUTH in this session */
+	}
+	/* Long values (and only they) are hashed: FNV-1a, 64 bits. */
+	if ((len = strlen(value)) > RL_VALUE_MAX) {
+		for (at = 0; at < len; at++)
+			h = (h ^ (unsigned char)value[at]) * 1099511628211ull;
+		snprintf(value, sizeof(value), "#%016llx",
+		    (unsigned long long)h);
+	}
+	c->keylen = (size_t)snprintf(c->key, sizeof(c->key), "rl:%s:%s",
+	    rl->rule.name, value);
+	if (c->keylen >= sizeof(c->key))
+		c->keylen = sizeof(c->key) - 1;
+	c->window_us = rl->window_ms * 1000;
+	c->interval_us = c->window_us / rl->limit;
+	if (c->interval_us == 0)
+		c->interval_us = 1;
+	c->cost = rl->count == POL_RLC_BYTES ? (env->size ? env->size : 1) : 1;
+	c->force = 0;
+	return 0;
+}
+
+/* The key of the failed-command limit of env's client. */
+void
+flt_ratelimit_failure_check(const struct flt_env *env, struct rl_check *c,
+    uint64_t cost)
+{
+	c->keylen = (size_t)snprintf(c->key, sizeof(c->key), "fail:%s",
+	    env->addr_text);
+	c->window_us = (uint64_t)env->failure_window * 1000;
+	c->interval_us = c->window_us / env->max_failures;
+	if (c->interval_us == 0)
+		c->interval_us = 1;
+	c->cost = cost;
+	c->force = cost > 0;
+}
+
+/* Turns the store's answer into the stage's verdict. */
+static enum flt_verdict
+rl_verdict(const struct rl_req *q, const struct rl_result *r,
+    struct flt_result *res)
+{
+	const char *name;
+
+	res->filter = flt_ratelimit.name;
+	if (r->status == RL_ALLOW ||
+	    (r->status == RL_ERROR && !q->tempfail))
+		return res->verdict = FLT_CONTINUE;
+	if (r->status == RL_ERROR)
+		return flt_answer(res, FLT_TEMPFAIL, q->stage == FLT_CONNECT ?
+		    421 : 451, "4.3.0 %s%sError: rate limit service "
+		    "unavailable, try again later",
+		    q->stage == FLT_CONNECT ? q->host : "",
+		    q->stage == FLT_CONNECT ? " " : "");
+	name = r->denied < q->n ? q->name[r->denied] : "?";
+	res->rule = r->denied < q->n ? q->rule[r->denied] : NULL;
+	if (q->stage == FLT_CONNECT)
+		return flt_answer(res, FLT_TEMPFAIL, 421, "4.7.0 %s Error: too "
+		    "many %s from %s (%s), try again later", q->host,
+		    strcmp(name, "failures") == 0 ? "failed commands" :
+		    "connections", q->client, name);
+	if (q->action[r->denied < q->n ? r->denied : 0] == POL_REJECT)
+		return flt_answer(res, FLT_REJECT, 550, "5.7.1 Error: rate "
+		    "limit exceeded (%s)", name);
+	return flt_answer(res, FLT_TEMPFAIL, q->stage == FLT_EOM ? 451 : 450,
+	    "4.7.1 Error: rate limit exceeded (%s), try again later", name);
+}
+
+/* The store answered later: hand the verdict to the session, if alive. */
+static void
+rl_done_cb(void *arg, const struct rl_result *r)
+{
+	struct rl_req		*q = arg;
+	struct flt_result	 res;
+
+	memset(&res, 0, sizeof(res));
+	rl_verdict(q, r, &res);
+	flt_resume(q->call, &res);
+	free(q);
+}
+
+static enum flt_verdict
+flt_ratelimit_hook(enum flt_stage st, const struct flt_env *env,
+    struct flt_result *res)
+{
+	const struct policy	*pol = env->pol;
+	const struct pol_ratelimit *rl;
+	struct rl_check		 checks[RL_CHECKS_MAX];
+	struct rl_result	 r;
+	struct rl_req		*q;
+	enum flt_verdict	 v;
+	size_t			 i, n = 0;
+
+	if (env->rl == NULL ||
+	    (pol->nratelimits == 0 && env->max_failures == 0))
+		return FLT_CONTINUE;
+	if ((q = malloc(sizeof(*q))) == NULL)
+		return FLT_CONTINUE;
+	for (i = 0; i < pol->nratelimits && n < RL_CHECKS_MAX; i++) {
+		rl = &pol->ratelimits[i];
+		if (rl_stage(rl) != st || !flt_match(&rl->rule.match, env) ||
+		    rl_make(rl, env, &checks[n]) < 0)
+			continue;
+		q->action[n] = rl->rule.action;
+		q->rule[n] = rl->rule.name;
+		snprintf(q->name[n++], RL_NAME_MAX, "%s", rl->rule.name);
+	}
+	/* A client over its failures is refused at connect. */
+	if (st == FLT_CONNECT && env->max_failures > 0 && n < RL_CHECKS_MAX) {
+		flt_ratelimit_failure_check(env, &checks[n], 0);
+		q->action[n] = POL_TEMPFAIL;
+		q->rule[n] = "failures";
+		snprintf(q->name[n++], RL_NAME_MAX, "failures");
+	}
+	if (n == 0) {
+		free(q);
+		return FLT_CONTINUE;
+	}
+	q->n = n;
+	q->stage = st;
+	q->tempfail = env->rl_tempfail;
+	snprintf(q->host, sizeof(q->host), "%s", env->hostname);
+	snprintf(q->client, sizeof(q->client), "%s", env->addr_text);
+	if (rl_check(env->rl, checks, n, &r, rl_done_cb, q) == 1) {
+		/* done is never called from within rl_check(). */
+		q->call = flt_defer(env);
+		return FLT_PENDING;
+	}
+	v = rl_verdict(q, &r, res);
+	free(q);
+	return v;
+}
+
+const struct flt_def flt_ratelimit = {
+	.name = "ratelimit",
+	.stages = FLT_STAGE(FLT_CONNECT) | FLT_STAGE(FLT_MAIL) |
+	    FLT_STAGE(FLT_RCPT) | FLT_STAGE(FLT_EOM),
+	.hook = flt_ratelimit_hook,
+};

@@ -1,0 +1,922 @@
+/*
+ * flt_redis.c: the Redis rate-limit store, and the seam between hiredis
+ * and libuv (the only file that includes hiredis).
+ *
+ * One store per worker loop holds one hiredis async connection.  A check
+ * is one EVALSHA of the GCRA script below over all its keys, so the keys
+ * are read and written atomically with the server's clock.
+ *
+ * Lifetimes.  A request (struct fr_req) is owned by hiredis from the
+ * moment it is handed to redisAsyncCommandArgv() until hiredis calls
+ * fr_reply_cb() for it: with the reply, or with NULL when the connection
+ * is freed (hiredis runs every pending callback then).  fr_reply_cb()
+ * always frees it, unless it resends it (NOSCRIPT).  Independently, the
+ * request sits in the store's list of unanswered requests until done is
+ * called: by the reply, by the timeout, or by the NULL reply of a lost
+ * connection.  A request that timed out stays with hiredis (marked
+ * FR_REQ_ANSWERED) and its late reply is dropped.
+ *
+ * hiredis 0.14 has no command timeout, hence the store's own deadline
+ * timer; requests share one timeout and are answered in order, so the
+ * oldest unanswered one always has the nearest deadline.
+ *
+ * The event hooks (fr_ev_*) follow hiredis's adapters/libuv.h, with one
+ * fix: the 0.14 adapter ignores a uv_poll error (libuv reports POLLERR,
+ * as from a refused connect or a reset, as UV_EBADF and stops the
+ * handle), so hiredis never learns of it and the connection hangs.
+ *
+ * hiredis 0.14 runs the connect and disconnect callbacks outside of its
+ * REDIS_IN_CALLBACK protection, and frees the context right after them:
+ * redisAsyncFree() must never be called from those two, and a context is
+ * only freed here from our own timers or from a reply callback (where
+ * hiredis defers the free until the callback returns).  rl_store_free()
+ * itself only marks the store and starts a zero timer, so it is safe from
+ * anywhere, done callbacks included; the memory goes after the last
+ * close_cb.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+
+#include "log.h"
+#include "rl_store.h"
+
+#define FR_BACKOFF_MIN	100	/* ms before the first reconnection */
+#define FR_BACKOFF_MAX	5000	/* ms between reconnections, at most */
+#define FR_CONNECT_MS	1000	/* connect and handshake, at least (ms) */
+#define FR_STALL	3	/* consecutive timeouts that drop the link */
+#define FR_SPAN_MAX	(UINT64_C(1) << 48)	/* the largest W and c * T
+						 * (µs, 8.9 years), as in
+						 * rl_mem.c */
+#define FR_NUM_MAX	21	/* digits of a uint64_t, and a NUL */
+#define FR_ARGS_MAX	(1 + 4 * RL_CHECKS_MAX)	/* numkeys, keys, 3 per
+						 * check */
+
+/*
+ * The GCRA of rl_gcra() over all keys at once.  KEYS: the keys.  ARGV, 3
+ * per key: the increment c * T, the window W (both in microseconds, at
+ * most 2^48) and "1" when forced.  Returns {0, 0, 0} when every check
+ * passed (all are counted), or {1, i, retry_ms} when check i (0-based)
+ * is the first over its limit: then only the forced checks are
+ * counted, and retry_ms is when check i would pass (for a forced one,
+ * once counted).  A forced check over its own limit is denied too, as
+ * rl_gcra() says and the in-process store does.  A key may appear twice:
+ * the second check sees the first.
+ *
+ * Lua numbers are doubles: every value here stays an integer below 2^53
+ * (now is about 2^50.6 until 2041; a TAT is kept below now + 2^50), so the
+ * arithmetic is exact.  Numbers are formatted with %.0f: tostring() would
+ * give "1.7e+15".
+ */
+static const char fr_script[] =
+"local t = redis.call('TIME')\n"
+"local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+"local cap = now + 1125899906842624\n"
+"local old = {}\n"
+"for i = 1, #KEYS do\n"
+"  local k = KEYS[i]\n"
+"  if old[k] == nil then\n"
+"    local v = tonumber(redis.call('GET', k)) or 0\n"
+"    if v > cap then v = cap end\n"
+"    old[k] = v\n"
+"  end\n"
+"end\n"
+"local function run(all)\n"
+"  local tat = {}\n"
+"  for k, v in pairs(old) do tat[k] = v end\n"
+"  for i = 1, #KEYS do\n"
+"    local k = KEYS[i]\n"
+"    local inc = tonumber(ARGV[3 * i - 2])\n"
+"    local force = ARGV[3 * i] == '1'\n"
+"    if all or force then\n"
+"      local nt = math.max(tat[k], now) + inc\n"
+"      local over = nt - now - tonumber(ARGV[3 * i - 1])\n"
+"      if all and over > 0 then\n"
+"        if force then over = -1 end\n"
+"        return nil, i, over\n"
+"      end\n"
+"      if nt > cap then nt = cap end\n"
+"      tat[k] = nt\n"
+"    end\n"
+"  end\n"
+"  return tat\n"
+"end\n"
+"local function commit(tat)\n"
+"  for k, v in pairs(tat) do\n"
+"    if v ~= old[k] and v > now then\n"
+"      redis.call('SET', k, string.format('%.0f', v), 'PX',\n"
+"          string.format('%.0f', math.ceil((v - now) / 1000)))\n"
+"    end\n"
+"  end\n"
+"end\n"
+"local tat, i, retry = run(true)\n"
+"if tat then\n"
+"  commit(tat)\n"
+"  return {0, 0, 0}\n"
+"end\n"
+"tat = run(false)\n"
+"commit(tat)\n"
+"if retry < 0 then\n"
+"  retry = math.max(tat[KEYS[i]], now) + tonumber(ARGV[3 * i - 2]) -\n"
+"      now - tonumber(ARGV[3 * i - 1])\n"
+"  if retry < 0 then retry = 0 end\n"
+"end\n"
+"return {1, i - 1, math.ceil(retry / 1000)}\n";
+
+enum fr_state {
+	FR_DOWN,	/* no connection; the retry timer will make one */
+	FR_CONNECTING,	/* TCP connect, AUTH, SELECT, SCRIPT LOAD */
+	FR_READY	/* checks are sent */
+};
+
+#define FR_REQ_ANSWERED	0x01	/* done was called; a late reply is dropped */
+#define FR_REQ_RESENT	0x02	/* sent again as EVAL after NOSCRIPT */
+
+/* One check in flight. */
+struct fr_req {
+	struct flt_redis	*st;		/* the store */
+	struct fr_req		*prev, *next;	/* in st's unanswered list */
+	rl_done_fn		 done;		/* the caller's callback ... */
+	void			*arg;		/* ... and its argument */
+	uint64_t		 deadline;	/* uv_now() when it times out */
+	int			 flags;		/* FR_REQ_* */
+	size_t			 n;		/* checks in it */
+	int			 argc;		/* arguments in buf */
+	size_t			 argvlen[FR_ARGS_MAX];	/* their lengths */
+	char			 buf[];		/* numkeys, the prefixed keys,
+						 * then 3 numbers per check */
+};
+
+struct flt_redis {
+	struct rl_store		 base;		/* first: what rl_check() sees */
+	uv_loop_t		*loop;		/* the worker's loop */
+	char			*host;		/* params->host, copied */
+	int			 port;		/* params->port */
+	char			*password;	/* params->password, or NULL */
+	int			 db;		/* params->db */
+	char			*prefix;	/* params->prefix, or "" */
+	size_t			 prefixlen;	/* its length */
+	unsigned		 timeout_ms;	/* params->timeout_ms, at least 1 */
+	char			*name;		/* params->name, for logs */
+
+	redisAsyncContext	*ac;		/* the connection, or NULL; set
+						 * to NULL before it is freed, so
+						 * callbacks of an old one are
+						 * told apart */
+	enum fr_state		 state;		/* see above */
+	int			 closing;	/* rl_store_free() was called */
+	int			 handles;	/* timers not closed yet */
+	uv_timer_t		 retry;		/* the reconnection; then the
+						 * deferred close */
+	uv_timer_t		 deadline;	/* timeouts: the handshake's,
+						 * then the oldest request's */
+	uint64_t		 hs_deadline;	/* FR_CONNECTING: uv_now() limit */
+	unsigned		 backoff_ms;	/* delay of the next retry */
+	unsigned		 stalls;	/* timeouts since the last reply */
+	int			 down;		/* in an outage (logged once) */
+	uint64_t		 down_since;	/* uv_now() when it began */
+	int			 err_logged;	/* an error reply was logged since
+						 * the last good one */
+	char			 sha[41];	/* the script's SHA1, hex */
+	struct fr_req		*head, *tail;	/* unanswered, oldest first */
+};
+
+/* hiredis's event hooks on one connection's socket. */
+struct fr_ev {
+	redisAsyncContext	*ac;		/* NULL once hiredis cleaned up */
+	uv_poll_t		 poll;		/* on ac's socket */
+	int			 events;	/* UV_READABLE, UV_WRITABLE wanted */
+};
+
+static int	fr_check(struct rl_store *, const struct rl_check *, size_t,
+		    struct rl_result *, rl_done_fn, void *);
+static void	fr_free(struct rl_store *);
+static void	fr_deadline_cb(uv_timer_t *);
+static void	fr_retry_cb(uv_timer_t *);
+static int	fr_send(redisAsyncContext *, struct fr_req *, int);
+
+static const struct rl_store_ops fr_ops = { fr_check, fr_free };
+
+static const struct rl_result fr_error = { RL_ERROR, 0, 0 };
+
+/* Returns a copy of s; aborts when out of memory. */
+static char *
+fr_xstrdup(const char *s)
+{
+	char *p;
+
+	if ((p = strdup(s)) == NULL)
+		fatalx("%s: out of memory", __func__);
+	return p;
+}
+
+static const char *
+fr_name(const struct flt_redis *st)
+{
+	return st->name != NULL ? st->name : "-";
+}
+
+static void
+fr_ev_poll_cb(uv_poll_t *h, int status, int events)
+{
+	struct fr_ev *ev = h->data;
+
+	/* An error: let hiredis find it (SO_ERROR, or a failing read). */
+	if (status < 0)
+		events = ev->events;
+	if (ev->ac != NULL && (events & UV_READABLE))
+		redisAsyncHandleRead(ev->ac);
+	/* The read may have freed the context (then ev->ac is NULL). */
+	if (ev->ac != NULL && (events & UV_WRITABLE))
+		redisAsyncHandleWrite(ev->ac);
+}
+
+static void
+fr_ev_update(struct fr_ev *ev, int add, int del)
+{
+	ev->events = (ev->events | add) & ~del;
+	if (ev->events != 0)
+		uv_poll_start(&ev->poll, ev->events, fr_ev_poll_cb);
+	else
+		uv_poll_stop(&ev->poll);
+}
+
+static void
+fr_ev_add_read(void *p)
+{
+	fr_ev_update(p, UV_READABLE, 0);
+}
+
+static void
+fr_ev_del_read(void *p)
+{
+	fr_ev_update(p, 0, UV_READABLE);
+}
+
+static void
+fr_ev_add_write(void *p)
+{
+	fr_ev_update(p, UV_WRITABLE, 0);
+}
+
+static void
+fr_ev_del_write(void *p)
+{
+	fr_ev_update(p, 0, UV_WRITABLE);
+}
+
+static void
+fr_ev_closed_cb(uv_handle_t *h)
+{
+	free(h->data);
+}
+
+/* hiredis is freeing the context: the poll goes, ev after its close_cb. */
+static void
+fr_ev_cleanup(void *p)
+{
+	struct fr_ev *ev = p;
+
+	ev->ac = NULL;
+	uv_close((uv_handle_t *)&ev->poll, fr_ev_closed_cb);
+}
+
+/* Hooks ac to loop.  Returns 0, or -1 (then nothing is left to free). */
+static int
+fr_ev_attach(redisAsyncContext *ac, uv_loop_t *loop)
+{
+	struct fr_ev *ev;
+
+	if ((ev = calloc(1, sizeof(*ev))) == NULL)
+		return -1;
+	if (uv_poll_init(loop, &ev->poll, ac->c.fd) != 0) {
+		free(ev);
+		return -1;
+	}
+	ev->poll.data = ev;
+	ev->ac = ac;
+	ac->ev.data = ev;
+	ac->ev.addRead = fr_ev_add_read;
+	ac->ev.delRead = fr_ev_del_read;
+	ac->ev.addWrite = fr_ev_add_write;
+	ac->ev.delWrite = fr_ev_del_write;
+	ac->ev.cleanup = fr_ev_cleanup;
+	return 0;
+}
+
+/* (Re)starts the deadline timer for what is pending now, or stops it. */
+static void
+fr_arm(struct flt_redis *st)
+{
+	uint64_t when, now;
+
+	if (st->closing)
+		return;
+	if (st->state == FR_CONNECTING)
+		when = st->hs_deadline;
+	else if (st->head != NULL)
+		when = st->head->deadline;
+	else {
+		uv_timer_stop(&st->deadline);
+		return;
+	}
+	now = uv_now(st->loop);
+	uv_timer_start(&st->deadline, fr_deadline_cb,
+	    when > now ? when - now : 0, 0);
+}
+
+/*
+ * Takes req off the unanswered list and calls its done with res.  The
+ * request itself stays with hiredis (fr_reply_cb frees it).  done may call
+ * rl_check() or rl_store_free(): neither frees anything under our feet.
+ */
+static void
+fr_answer(struct fr_req *req, const struct rl_result *res)
+{
+	struct flt_redis *st = req->st;
+
+	if (req->prev != NULL)
+		req->prev->next = req->next;
+	else
+		st->head = req->next;
+	if (req->next != NULL)
+		req->next->prev = req->prev;
+	else
+		st->tail = req->prev;
+	req->prev = req->next = NULL;
+	req->flags |= FR_REQ_ANSWERED;
+
+	if (res->status == RL_DENY)
+		st->base.stats.denied++;
+	else if (res->status == RL_ERROR)
+		st->base.stats.errors++;
+	fr_arm(st);
+	req->done(req->arg, res);
+}
+
+/*
+ * The connection failed or was dropped: counts and logs the outage when
+ * it starts (once), and schedules the next attempt with backoff.  The
+ * caller has already let go of st->ac.
+ */
+static void
+fr_down(struct flt_redis *st, const char *why)
+{
+	st->state = FR_DOWN;
+	st->stalls = 0;
+	if (!st->down) {
+		st->down = 1;
+		st->down_since = uv_now(st->loop);
+		st->base.stats.outages++;
+		log_warn("ratelimit store=%s redis=%s:%d unavailable: %s",
+		    fr_name(st), st->host, st->port, why);
+	} else
+		log_debug("ratelimit store=%s redis=%s:%d still unavailable: "
+		    "%s (retry in %u ms)", fr_name(st), st->host, st->port,
+		    why, st->backoff_ms);
+	fr_arm(st);
+	if (st->closing)
+		return;		/* the retry timer carries the close */
+	uv_timer_start(&st->retry, fr_retry_cb, st->backoff_ms, 0);
+	st->backoff_ms = st->backoff_ms * 2 > FR_BACKOFF_MAX ?
+	    FR_BACKOFF_MAX : st->backoff_ms * 2;
+}
+
+/*
+ * Lets go of the connection and frees it: hiredis then calls every
+ * pending reply callback with NULL, which answers the unanswered requests
+ * RL_ERROR.  Not from hiredis's connect or disconnect callbacks (see the
+ * top of the file); from a reply callback, hiredis frees it on return.
+ */
+static void
+fr_drop(struct flt_redis *st, const char *why)
+{
+	redisAsyncContext *ac = st->ac;
+
+	st->ac = NULL;
+	fr_down(st, why);
+	if (ac != NULL)
+		redisAsyncFree(ac);
+}
+
+/* The handshake is over: checks may flow. */
+static void
+fr_ready(struct flt_redis *st)
+{
+	st->state = FR_READY;
+	st->backoff_ms = FR_BACKOFF_MIN;
+	st->stalls = 0;
+	if (st->down) {
+		st->down = 0;
+		log_info("ratelimit store=%s redis=%s:%d available again "
+		    "after %llu ms", fr_name(st), st->host, st->port,
+		    (unsigned long long)(uv_now(st->loop) - st->down_since));
+	} else
+		log_debug("ratelimit store=%s redis=%s:%d connected",
+		    fr_name(st), st->host, st->port);
+	fr_arm(st);
+}
+
+/* Replies to AUTH and SELECT (privdata: the command's name, for logs). */
+static void
+fr_setup_cb(redisAsyncContext *ac, void *r, void *privdata)
+{
+	struct flt_redis *st = ac->data;
+	redisReply *reply = r;
+	char why[160];
+
+	if (st->ac != ac || reply == NULL)
+		return;		/* dropped or lost: already handled */
+	if (reply->type == REDIS_REPLY_ERROR) {
+		snprintf(why, sizeof(why), "%s: %s", (const char *)privdata,
+		    reply->str);
+		fr_drop(st, why);
+	}
+}
+
+/* Reply to SCRIPT LOAD: the last step of the handshake. */
+static void
+fr_load_cb(redisAsyncContext *ac, void *r, void *privdata)
+{
+	struct flt_redis *st = ac->data;
+	redisReply *reply = r;
+	char why[160];
+
+	(void)privdata;
+	if (st->ac != ac || reply == NULL)
+		return;
+	if (reply->type != REDIS_REPLY_STRING ||
+	    reply->len != sizeof(st->sha) - 1) {
+		snprintf(why, sizeof(why), "SCRIPT LOAD: %s",
+		    reply->type == REDIS_REPLY_ERROR ? reply->str :
+		    "unexpected reply");
+		fr_drop(st, why);
+		return;
+	}
+	memcpy(st->sha, reply->str, sizeof(st->sha) - 1);
+	st->sha[sizeof(st->sha) - 1] = '\0';
+	fr_ready(st);
+}
+
+/*
+ * hiredis's connect callback.  On failure hiredis frees the context as
+ * soon as this returns (no disconnect callback follows).
+ */
+static void
+fr_connect_cb(const redisAsyncContext *cac, int status)
+{
+	redisAsyncContext *ac = (redisAsyncContext *)cac;
+	struct flt_redis *st = ac->data;
+	const char *argv[3];
+	size_t argvlen[3];
+	char dbstr[16];
+	int r = REDIS_OK;
+
+	if (st->ac != ac)
+		return;
+	if (status != REDIS_OK) {
+		st->ac = NULL;
+		/* Not copied into ac->errstr yet at this point. */
+		fr_down(st, ac->c.errstr[0] != '\0' ? ac->c.errstr :
+		    "connect failed");
+		return;
+	}
+
+	/*
+	 * Pipelined.  A failure to queue (out of memory) is left to the
+	 * handshake timeout: the context cannot be freed from here.
+	 */
+	if (st->password != NULL) {
+		argv[0] = "AUTH";
+		argv[1] = st->password;
+		argvlen[0] = 4;
+		argvlen[1] = strlen(st->password);
+		r |= redisAsyncCommandArgv(ac, fr_setup_cb, "AUTH", 2, argv,
+		    argvlen);
+	}
+	if (st->db != 0) {
+		snprintf(dbstr, sizeof(dbstr), "%d", st->db);
+		argv[0] = "SELECT";
+		argv[1] = dbstr;
+		argvlen[0] = 6;
+		argvlen[1] = strlen(dbstr);
+		r |= redisAsyncCommandArgv(ac, fr_setup_cb, "SELECT", 2, argv,
+		    argvlen);
+	}
+	argv[0] = "SCRIPT";
+	argv[1] = "LOAD";
+	argv[2] = fr_script;
+	argvlen[0] = 6;
+	argvlen[1] = 4;
+	argvlen[2] = sizeof(fr_script) - 1;
+	r |= redisAsyncCommandArgv(ac, fr_load_cb, NULL, 3, argv, argvlen);
+	if (r != REDIS_OK)
+		log_warn("ratelimit store=%s redis=%s:%d cannot queue the "
+		    "handshake", fr_name(st), st->host, st->port);
+}
+
+/*
+ * hiredis's disconnect callback, only for a connection that got through
+ * connect: the server closed it, or an I/O or protocol error.  Pending
+ * reply callbacks have had their NULL already; hiredis frees the context
+ * after this returns.  A connection we dropped ourselves is not st->ac.
+ */
+static void
+fr_disconnect_cb(const redisAsyncContext *ac, int status)
+{
+	struct flt_redis *st = ac->data;
+
+	(void)status;
+	if (st->ac != ac)
+		return;
+	st->ac = NULL;
+	fr_down(st, ac->err != 0 && ac->errstr != NULL ? ac->errstr :
+	    "connection closed");
+}
+
+/* Starts a connection; on an immediate failure, schedules the next. */
+static void
+fr_connect(struct flt_redis *st)
+{
+	redisAsyncContext *ac;
+	unsigned ms;
+	char why[160];
+
+	if ((ac = redisAsyncConnect(st->host, st->port)) == NULL) {
+		fr_down(st, "out of memory");
+		return;
+	}
+	if (ac->err) {
+		snprintf(why, sizeof(why), "%s", ac->errstr);
+		redisAsyncFree(ac);
+		fr_down(st, why);
+		return;
+	}
+	ac->data = st;
+	/* Before setting the connect callback, which adds a write event. */
+	if (fr_ev_attach(ac, st->loop) == -1) {
+		redisAsyncFree(ac);
+		fr_down(st, "cannot watch the socket");
+		return;
+	}
+	redisAsyncSetConnectCallback(ac, fr_connect_cb);
+	redisAsyncSetDisconnectCallback(ac, fr_disconnect_cb);
+	st->ac = ac;
+	st->state = FR_CONNECTING;
+	ms = st->timeout_ms > FR_CONNECT_MS ? st->timeout_ms : FR_CONNECT_MS;
+	st->hs_deadline = uv_now(st->loop) + ms;
+	fr_arm(st);
+}
+
+static void
+fr_retry_cb(uv_timer_t *t)
+{
+	fr_connect(t->data);
+}
+
+/*
+ * Reads the script's reply into *res.  Returns 0, or -1 when it is not
+ * one the script can give.
+ */
+static int
+fr_parse(const redisReply *r, size_t n, struct rl_result *res)
+{
+	long long s, i, retry;
+
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+	    r->element[0]->type != REDIS_REPLY_INTEGER ||
+	    r->element[1]->type != REDIS_REPLY_INTEGER ||
+	    r->element[2]->type != REDIS_REPLY_INTEGER)
+		return -1;
+	s = r->element[0]->integer;
+	i = r->element[1]->integer;
+	retry = r->element[2]->integer;
+	if (s == 0) {
+		res->status = RL_ALLOW;
+		res->denied = 0;
+		res->retry_ms = 0;
+		return 0;
+	}
+	if (s != 1 || i < 0 || (unsigned long long)i >= n || retry < 0)
+		return -1;
+	res->status = RL_DENY;
+	res->denied = (size_t)i;
+	res->retry_ms = (uint64_t)retry;
+	return 0;
+}
+
+/*
+ * The reply to a check (NULL when the connection goes away).  Frees req,
+ * unless it goes out again as EVAL.
+ */
+static void
+fr_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
+{
+	struct fr_req *req = privdata;
+	struct flt_redis *st = req->st;
+	redisReply *reply = r;
+	struct rl_result res;
+
+	if (reply != NULL)
+		st->stalls = 0;		/* slow perhaps, but alive */
+	if (req->flags & FR_REQ_ANSWERED)
+		goto out;		/* timed out: the late reply is dropped */
+	if (reply == NULL || st->closing) {
+		fr_answer(req, &fr_error);
+		goto out;
+	}
+	if (reply->type == REDIS_REPLY_ERROR &&
+	    !(req->flags & FR_REQ_RESENT) &&
+	    strncmp(reply->str, "NOSCRIPT", 8) == 0) {
+		/* SCRIPT FLUSH, a restart or a failover: EVAL caches it. */
+		req->flags |= FR_REQ_RESENT;
+		if (fr_send(ac, req, 1) == REDIS_OK)
+			return;
+	}
+	if (fr_parse(reply, req->n, &res) == -1) {
+		if (!st->err_logged) {
+			st->err_logged = 1;
+			log_warn("ratelimit store=%s redis=%s:%d bad reply: %s",
+			    fr_name(st), st->host, st->port,
+			    reply->type == REDIS_REPLY_ERROR ? reply->str :
+			    "not the script's");
+		}
+		fr_answer(req, &fr_error);
+		goto out;
+	}
+	st->err_logged = 0;
+	fr_answer(req, &res);
+ out:
+	free(req);
+}
+
+/*
+ * Sends req (again) as EVALSHA, or as EVAL with the script's text.
+ * Returns REDIS_OK when hiredis took it (and owns it until fr_reply_cb).
+ */
+static int
+fr_send(redisAsyncContext *ac, struct fr_req *req, int eval)
+{
+	const char *argv[2 + FR_ARGS_MAX];
+	size_t argvlen[2 + FR_ARGS_MAX];
+	const char *p = req->buf;
+	int i;
+
+	if (eval) {
+		argv[0] = "EVAL";
+		argv[1] = fr_script;
+		argvlen[0] = 4;
+		argvlen[1] = sizeof(fr_script) - 1;
+	} else {
+		argv[0] = "EVALSHA";
+		argv[1] = req->st->sha;
+		argvlen[0] = 7;
+		argvlen[1] = sizeof(req->st->sha) - 1;
+	}
+	for (i = 0; i < req->argc; i++) {
+		argv[2 + i] = p;
+		argvlen[2 + i] = req->argvlen[i];
+		p += req->argvlen[i];
+	}
+	return redisAsyncCommandArgv(ac, fr_reply_cb, req, 2 + req->argc,
+	    argv, argvlen);
+}
+
+/* Appends an argument to req->buf at *off. */
+static void
+fr_arg(struct fr_req *req, size_t *off, const char *s, size_t len)
+{
+	memcpy(req->buf + *off, s, len);
+	*off += len;
+	req->argvlen[req->argc++] = len;
+}
+
+static void
+fr_argnum(struct fr_req *req, size_t *off, uint64_t v)
+{
+	char num[FR_NUM_MAX];
+	int len;
+
+	len = snprintf(num, sizeof(num), "%llu", (unsigned long long)v);
+	fr_arg(req, off, num, (size_t)len);
+}
+
+/*
+ * Returns 1 when the checks are within what the script computes exactly,
+ * the same bounds as the in-process store's: T at least 1, W and c * T at
+ * most FR_SPAN_MAX, keys at most RL_KEY_MAX.
+ */
+static int
+fr_valid(const struct rl_check *c, size_t n)
+{
+	size_t i;
+
+	if (n == 0 || n > RL_CHECKS_MAX)
+		return 0;
+	for (i = 0; i < n; i++) {
+		if (c[i].keylen > RL_KEY_MAX || c[i].interval_us == 0 ||
+		    c[i].window_us > FR_SPAN_MAX)
+			return 0;
+		if (c[i].cost > 0 && c[i].interval_us > FR_SPAN_MAX / c[i].cost)
+			return 0;
+	}
+	return 1;
+}
+
+/* Builds the request of n valid checks; aborts when out of memory. */
+static struct fr_req *
+fr_req_new(struct flt_redis *st, const struct rl_check *c, size_t n,
+    rl_done_fn done, void *arg)
+{
+	struct fr_req *req;
+	size_t i, len, off = 0;
+
+	len = FR_NUM_MAX + n * (st->prefixlen + 3 * FR_NUM_MAX);
+	for (i = 0; i < n; i++)
+		len += c[i].keylen;
+	if ((req = calloc(1, sizeof(*req) + len)) == NULL)
+		fatalx("%s: out of memory", __func__);
+	req->st = st;
+	req->done = done;
+	req->arg = arg;
+	req->n = n;
+	req->deadline = uv_now(st->loop) + st->timeout_ms;
+
+	fr_argnum(req, &off, n);
+	for (i = 0; i < n; i++) {
+		/* One argument: the prefix and the key. */
+		memcpy(req->buf + off, st->prefix, st->prefixlen);
+		memcpy(req->buf + off + st->prefixlen, c[i].key, c[i].keylen);
+		off += st->prefixlen + c[i].keylen;
+		req->argvlen[req->argc++] = st->prefixlen + c[i].keylen;
+	}
+	for (i = 0; i < n; i++) {
+		fr_argnum(req, &off, c[i].cost * c[i].interval_us);
+		fr_argnum(req, &off, c[i].window_us);
+		fr_arg(req, &off, c[i].force ? "1" : "0", 1);
+	}
+	return req;
+}
+
+static int
+fr_check(struct rl_store *base, const struct rl_check *c, size_t n,
+    struct rl_result *res, rl_done_fn done, void *arg)
+{
+	struct flt_redis *st = (struct flt_redis *)base;
+	struct fr_req *req;
+
+	st->base.stats.checks++;
+	/* Out of bounds (RL_ERROR, as the in-process store), closing, down. */
+	if (!fr_valid(c, n) || st->closing || st->state != FR_READY)
+		goto error;
+
+	req = fr_req_new(st, c, n, done, arg);
+	/* Refused when hiredis is tearing the connection down. */
+	if (fr_send(st->ac, req, 0) != REDIS_OK) {
+		free(req);
+		goto error;
+	}
+	req->prev = st->tail;
+	if (st->tail != NULL)
+		st->tail->next = req;
+	else
+		st->head = req;
+	st->tail = req;
+	if (st->head == req)
+		fr_arm(st);
+	return 1;
+
+ error:
+	*res = fr_error;
+	st->base.stats.errors++;
+	return 0;
+}
+
+/*
+ * The timeouts.  While connecting: the handshake took too long.  Else the
+ * oldest requests are answered RL_ERROR; after FR_STALL of them in a row
+ * without any reply, the connection is taken as broken and dropped (what
+ * is still pending is answered RL_ERROR then).
+ */
+static void
+fr_deadline_cb(uv_timer_t *t)
+{
+	struct flt_redis *st = t->data;
+	uint64_t now = uv_now(st->loop);
+	struct fr_req *req;
+	char why[64];
+
+	if (st->closing)
+		return;
+	if (st->state == FR_CONNECTING) {
+		if (now >= st->hs_deadline)
+			fr_drop(st, "connect timeout");
+		else
+			fr_arm(st);
+		return;
+	}
+	/* A done may add requests: theirs are later deadlines. */
+	while ((req = st->head) != NULL && req->deadline <= now &&
+	    !st->closing) {
+		st->stalls++;
+		fr_answer(req, &fr_error);
+	}
+	if (st->stalls >= FR_STALL && st->state == FR_READY && !st->closing) {
+		snprintf(why, sizeof(why), "%u requests timed out (%u ms)",
+		    st->stalls, st->timeout_ms);
+		fr_drop(st, why);
+	}
+	fr_arm(st);
+}
+
+static void
+fr_closed_cb(uv_handle_t *h)
+{
+	struct flt_redis *st = h->data;
+
+	if (--st->handles > 0)
+		return;
+	free(st->host);
+	free(st->password);
+	free(st->prefix);
+	free(st->name);
+	free(st);
+}
+
+/*
+ * The deferred part of rl_store_free(), from the loop: frees the
+ * connection (which answers what is pending), then closes the timers.
+ */
+static void
+fr_close_cb(uv_timer_t *t)
+{
+	struct flt_redis *st = t->data;
+	redisAsyncContext *ac = st->ac;
+
+	st->ac = NULL;
+	st->state = FR_DOWN;
+	if (ac != NULL)
+		redisAsyncFree(ac);
+	if (st->head != NULL)
+		fatalx("%s: a request outlived its connection", __func__);
+	uv_close((uv_handle_t *)&st->retry, fr_closed_cb);
+	uv_close((uv_handle_t *)&st->deadline, fr_closed_cb);
+}
+
+/*
+ * Marks the store closing and leaves the rest to the loop: pending checks
+ * are answered RL_ERROR from it, and the memory is freed after the last
+ * close_cb.  Safe from anywhere, done callbacks included.
+ */
+static void
+fr_free(struct rl_store *base)
+{
+	struct flt_redis *st = (struct flt_redis *)base;
+
+	if (st->closing)
+		fatalx("%s: store freed twice", __func__);
+	st->closing = 1;
+	uv_timer_stop(&st->deadline);
+	uv_timer_start(&st->retry, fr_close_cb, 0, 0);
+}
+
+struct rl_store *
+rl_redis_new(uv_loop_t *loop, const struct rl_redis_params *p)
+{
+	struct flt_redis *st;
+
+	if ((st = calloc(1, sizeof(*st))) == NULL)
+		fatalx("%s: out of memory", __func__);
+	st->base.ops = &fr_ops;
+	st->loop = loop;
+	st->host = fr_xstrdup(p->host);
+	st->port = p->port;
+	st->password = p->password != NULL ? fr_xstrdup(p->password) : NULL;
+	st->db = p->db;
+	st->prefix = fr_xstrdup(p->prefix != NULL ? p->prefix : "");
+	st->prefixlen = strlen(st->prefix);
+	st->timeout_ms = p->timeout_ms > 0 ? p->timeout_ms : 1;
+	st->name = p->name != NULL ? fr_xstrdup(p->name) : NULL;
+	st->backoff_ms = FR_BACKOFF_MIN;
+	st->state = FR_DOWN;
+
+	uv_timer_init(loop, &st->retry);
+	uv_timer_init(loop, &st->deadline);
+	st->retry.data = st->deadline.data = st;
+	st->handles = 2;
+
+	fr_connect(st);
+	return &st->base;
+}
+
+int
+rl_redis_ready(const struct rl_store *base)
+{
+	const struct flt_redis *st = (const struct flt_redis *)base;
+
+	return base->ops == &fr_ops && !st->closing && st->state == FR_READY;
+}
