@@ -204,6 +204,10 @@ struct rl_check;
 void flt_ratelimit_failure_check(const struct flt_env *env,
     struct rl_check *c, uint64_t cost);
 
+/* The stage at which a rate limit is checked and counted. */
+struct pol_ratelimit;
+enum flt_stage flt_ratelimit_stage(const struct pol_ratelimit *rl);
+
 /* Fills res with a refusing verdict and its reply. */
 enum flt_verdict flt_answer(struct flt_result *res, enum flt_verdict v,
     int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));

@@ -39,9 +39,8 @@ struct rl_req {
 						 * which flt_resume() checks */
 };
 
-/* The stage at which a rate limit is counted. */
-static enum flt_stage
-rl_stage(const struct pol_ratelimit *rl)
+enum flt_stage
+flt_ratelimit_stage(const struct pol_ratelimit *rl)
 {
 	switch (rl->count) {
 	case POL_RLC_CONNECTIONS:
@@ -247,7 +246,8 @@ flt_ratelimit_hook(enum flt_stage st, const struct flt_env *env,
 		return FLT_CONTINUE;
 	for (i = 0; i < pol->nratelimits && n < RL_CHECKS_MAX; i++) {
 		rl = &pol->ratelimits[i];
-		if (rl_stage(rl) != st || !flt_match(&rl->rule.match, env) ||
+		if (flt_ratelimit_stage(rl) != st ||
+		    !flt_match(&rl->rule.match, env) ||
 		    rl_make(rl, env, &checks[n]) < 0)
 			continue;
 		q->action[n] = rl->rule.action;

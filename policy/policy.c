@@ -952,8 +952,9 @@ pol_ratelimit(struct pol_ctx *c, const yaml_node_t *v, const char *path,
 				d->rl.count = (enum pol_rl_count)i;
 			break;
 		case KL_LIMIT:
-			pol_rl_number(c, kv, kpath, yu_units_int,
-			    "a positive number of events", &d->rl.limit);
+			pol_rl_number(c, kv, kpath, yu_units_size,
+			    "a positive number (of bytes: K, M or G may "
+			    "follow)", &d->rl.limit);
 			break;
 		case KL_WINDOW:
 			pol_rl_number(c, kv, kpath, yu_units_duration,

@@ -100,6 +100,32 @@ explain_refusing(enum flt_verdict v)
 	return v == FLT_REJECT || v == FLT_TEMPFAIL || v == FLT_REFUSE;
 }
 
+/* Names the rate limits that would be checked and counted at stage st. */
+static void
+explain_ratelimits(enum flt_stage st, const struct flt_env *env)
+{
+	static const char *const counts[] = {
+		"connections", "messages", "recipients", "bytes"
+	};
+	static const char *const keys[] = {
+		"client_ip", "client_net", "helo", "sender", "sender_domain",
+		"recipient", "recipient_domain", "auth_user"
+	};
+	const struct pol_ratelimit	*rl;
+	size_t				 i;
+
+	for (i = 0; i < env->pol->nratelimits; i++) {
+		rl = &env->pol->ratelimits[i];
+		if (flt_ratelimit_stage(rl) != st ||
+		    !flt_match(&rl->rule.match, env))
+			continue;
+		printf("  rate limit %s: %llu %s per %llu ms per %s (counted "
+		    "at run time)\n", rl->rule.name,
+		    (unsigned long long)rl->limit, counts[rl->count],
+		    (unsigned long long)rl->window_ms, keys[rl->key]);
+	}
+}
+
 /*
  * Runs one stage, filter by filter, printing each verdict.  Returns the
  * stage's verdict; *rewrite gathers FLT_RW_* bits.
@@ -133,6 +159,7 @@ explain_stage(enum flt_stage st, const struct flt_env *env, unsigned *rewrite)
 		if (v != FLT_CONTINUE)
 			break;
 	}
+	explain_ratelimits(st, env);
 	return v;
 }
 

@@ -27,6 +27,7 @@
 
 #define NELEM(a)	(sizeof(a) / sizeof((a)[0]))
 #define DEPLOY_POLICY	"../../deploy/policy.yaml"
+#define DEPLOY_RATELIMITS "../../deploy/policy-ratelimits.yaml"
 #define DATA		"data/policy/"
 
 /* The example, byte for byte. */
@@ -1061,6 +1062,30 @@ test_empty(void)
 	policy_unref(NULL);
 }
 
+/* deploy/policy-ratelimits.yaml, with the example first, loads. */
+static void
+test_ratelimits_example(void)
+{
+	const struct pol_ratelimit	*rl;
+	struct policy			*pol;
+	char				*errs = NULL;
+
+	pol = policy_load(DEPLOY_RATELIMITS, &errs);
+	CHECKF(pol != NULL, "%s: %s", DEPLOY_RATELIMITS, errs);
+	free(errs);
+	if (pol == NULL)
+		return;
+	CHECK(pol->nratelimits == 4);
+	rl = &pol->ratelimits[0];
+	CHECK(strcmp(rl->rule.name, "msgs-per-ip") == 0);
+	CHECK(rl->key == POL_RLK_CLIENT_IP && rl->count == POL_RLC_MESSAGES);
+	CHECK(rl->limit == 100 && rl->window_ms == 60000);
+	CHECK(rl->rule.action == POL_TEMPFAIL);
+	CHECK(rl->rule.match.client_net != NULL);
+	CHECK(pol->ratelimits[3].limit == 1ull << 30);
+	policy_unref(pol);
+}
+
 int
 main(void)
 {
@@ -1095,5 +1120,6 @@ main(void)
 	unlink(polfile);
 	if (rmdir(tmpdir) != 0)
 		perror(tmpdir);
+	test_ratelimits_example();
 	TEST_DONE();
 }
