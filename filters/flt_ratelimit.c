@@ -181,6 +181,12 @@ flt_ratelimit_failure_check(const struct flt_env *env, struct rl_check *c,
 		c->interval_us = 1;
 	c->cost = cost;
 	c->force = cost > 0;
+	/*
+	 * The question at connect is whether one more failure would be
+	 * over: TAT + T - now > W, asked as a cost-0 check against W - T.
+	 */
+	if (cost == 0 && c->window_us > c->interval_us)
+		c->window_us -= c->interval_us;
 }
 
 /* Turns the store's answer into the stage's verdict. */

@@ -54,8 +54,7 @@ const struct smtp_reply_def smtp_replies[RPL__COUNT] = {
 	[RPL_TOO_MANY_CONN]	= { 421, "4.7.0 %s Error: too many "
 				    "connections" },
 	[RPL_SHUTDOWN]		= { 421, "4.3.2 %s Service shutting down" },
-	[RPL_TOO_MANY_CONN_CLIENT] = { 421, "4.7.0 Error: too many connections "
-				    "from %s" },
+	[RPL_TOO_MANY_CONN_CLIENT] = { 421, "4.7.0 %s" },
 	[RPL_REFUSED_SESSION]	= { 503, "5.5.1 Error: access denied; only "
 				    "QUIT is accepted" },
 };

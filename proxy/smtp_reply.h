@@ -45,7 +45,8 @@ enum smtp_reply_id {
 	RPL_TIMEOUT,		/* 421 4.4.2 client timed out */
 	RPL_TOO_MANY_ERRORS,	/* 421 4.7.0 */
 	RPL_TOO_MANY_CONN,	/* 421 4.7.0 */
-	RPL_TOO_MANY_CONN_CLIENT, /* 421 4.7.0 from one client address */
+	RPL_TOO_MANY_CONN_CLIENT, /* 421 4.7.0 from one client address: the
+				 * argument is "<host> Error: ..." */
 	RPL_SHUTDOWN,		/* 421 4.3.2 */
 	RPL_REFUSED_SESSION,	/* 503 5.5.1 after a refused greeting */
 	RPL__COUNT

@@ -1831,7 +1831,11 @@ smtp_session_accept(struct worker *w, uv_stream_t *listener)
 			log_info("session=%s client=%s refused: %u connections "
 			    "from it", s->idstr, s->addr,
 			    s->cfg->max_conn_per_client);
-			smtp_reply(s, RPL_TOO_MANY_CONN_CLIENT, s->addr);
+			char text[400];
+
+			snprintf(text, sizeof(text), "%s Error: too many "
+			    "connections from %s", s->cfg->hostname, s->addr);
+			smtp_reply(s, RPL_TOO_MANY_CONN_CLIENT, text);
 			s->flags |= SF_CLOSE_AFTER;
 			smtp_flush(s);
 			return;

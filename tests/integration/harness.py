@@ -16,6 +16,8 @@ Pieces:
   ClosedPort         a bound, non-listening port: connections are refused
   SmtpSink           Postfix's smtp-sink on a free port
   PrivatePostfix     a private real Postfix instance in a temp dir
+  RedisServer        a private real redis-server on a free port
+  redis_command()    one command to a Redis server (a tiny RESP client)
   GatewayTestCase    unittest base: one gateway + backend per class
 
 Environment: SMTPGATE_BIN (the binary; default ../../build/smtpgate from
@@ -511,16 +513,22 @@ class Gateway:
     """The smtpgate binary under test, with its own temp dir and config.
 
     Gateway(backends=[addr, ...], overrides={...}) builds the config from
-    DEFAULT_CONFIG; start() picks a free listen port, writes the config and
-    waits for a 220 greeting; stop() sends SIGTERM and waits."""
+    DEFAULT_CONFIG; policy={...} (or YAML text) also writes a policy file
+    and names it in the config.  start() picks a free listen port, writes
+    the config and waits for a 220 greeting; stop() sends SIGTERM and
+    waits."""
 
-    def __init__(self, backends=(), overrides=None, name="gw"):
+    def __init__(self, backends=(), overrides=None, name="gw", policy=None):
         self.dir = tempfile.mkdtemp(prefix="smtpgate-%s-" % name)
         _own(self)
         self.config_path = os.path.join(self.dir, "gateway.yaml")
         self.log_path = os.path.join(self.dir, "gateway.log")
+        self.policy_path = os.path.join(self.dir, "policy.yaml")
         cfg = deep_merge(DEFAULT_CONFIG, {"backend": {"servers": [str(b) for b in backends]}})
         self.config = deep_merge(cfg, overrides or {})
+        if policy is not None:
+            self.write_policy(policy)
+            self.config["policy"] = self.policy_path
         self.proc = None
         self.port = None
         self.logf = None
@@ -544,6 +552,16 @@ class Gateway:
         with open(tmp, "w") as f:
             f.write(text)
         os.rename(tmp, self.config_path)
+
+    def write_policy(self, policy):
+        """Writes the policy file (policy.yaml in the gateway's dir): a dict
+        as YAML, or a str as is.  The config names it when the Gateway was
+        made with policy=...; the process reads it at start or SIGHUP."""
+        text = policy if isinstance(policy, str) else to_yaml(policy) + "\n"
+        tmp = self.policy_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, self.policy_path)
 
     def reconfigure(self, overrides):
         """Updates self.config with overrides and rewrites the file (the
@@ -1430,6 +1448,209 @@ def _pid_alive(pid):
         return True
     # A zombie child of ours would still answer; master is not our child.
     return True
+
+
+# ---------------------------------------------------------------------------
+# Redis
+# ---------------------------------------------------------------------------
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class RedisError(Exception):
+    """An error reply ("-ERR ...") from Redis."""
+
+
+def _resp_read(f):
+    """Reads one RESP reply from the file f: str for simple strings, int,
+    bytes or None for bulk strings, a list for arrays.  Raises RedisError
+    for an error reply and ConnectionClosed on EOF."""
+    line = f.readline()
+    if not line.endswith(CRLF):
+        raise ConnectionClosed("redis closed the connection (%r)" % line)
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RedisError(rest.decode("utf-8", "replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)
+        if len(data) != n + 2:
+            raise ConnectionClosed("redis closed the connection in a bulk string")
+        return data[:-2]
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_resp_read(f) for _ in range(n)]
+    raise AssertionError("malformed RESP reply %r" % line)
+
+
+def redis_command(port, *args, timeout=2.0, host="127.0.0.1", password=None, db=None):
+    """Sends one command to the Redis server at host:port on a new
+    connection (after AUTH password and SELECT db when given) and returns
+    its reply (see _resp_read).  Socket errors and timeouts propagate."""
+    def enc(*a):
+        out = [b"*%d\r\n" % len(a)]
+        for x in a:
+            x = x if isinstance(x, bytes) else str(x).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(x), x))
+        return b"".join(out)
+
+    with socket.create_connection((host, port), timeout) as s:
+        s.settimeout(timeout)
+        f = s.makefile("rb")
+        try:
+            if password is not None:
+                s.sendall(enc("AUTH", password))
+                _resp_read(f)
+            if db is not None:
+                s.sendall(enc("SELECT", db))
+                _resp_read(f)
+            s.sendall(enc(*args))
+            return _resp_read(f)
+        finally:
+            f.close()
+
+
+class RedisServer:
+    """A private redis-server on 127.0.0.1:<free port>: no persistence, its
+    own temp dir (working dir and log).  start() waits until it answers
+    PING; stop() ends it (SIGTERM, then SIGKILL), kill() SIGKILLs it,
+    pause()/resume() send SIGSTOP/SIGCONT, restart() starts it again on the
+    same port (empty: nothing is saved)."""
+
+    def __init__(self, password=None):
+        self.dir = tempfile.mkdtemp(prefix="smtpgate-redis-")
+        _own(self)
+        self.log_path = os.path.join(self.dir, "redis.log")
+        self.password = password
+        self.proc = None
+        self.port = None
+        self.paused = False
+        self.out = None
+
+    @property
+    def addr(self):
+        return "127.0.0.1:%d" % self.port
+
+    def __str__(self):
+        return self.addr
+
+    def start(self, timeout=10.0, port=None):
+        """Starts redis-server (on port, else a free one) and returns once it
+        answers PING.  With a free port, retries with another one when the
+        port was taken meanwhile.  Returns self."""
+        last = None
+        for attempt in range(3 if port is None else 1):
+            self.port = port if port is not None else free_port()
+            args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+                    "--save", "", "--appendonly", "no", "--dir", self.dir,
+                    "--daemonize", "no", "--loglevel", "notice"]
+            if self.password is not None:
+                args += ["--requirepass", self.password]
+            self.out = open(self.log_path, "ab")
+            self.proc = subprocess.Popen(die_with_us(args), stdin=subprocess.DEVNULL,
+                                         stdout=self.out, stderr=subprocess.STDOUT,
+                                         start_new_session=True, cwd=self.dir)
+            _register(self.proc)
+            self.paused = False
+            try:
+                self._wait_ping(timeout)
+                return self
+            except RuntimeError as e:
+                last = e
+                self.kill()
+                if "in use" not in self.output().lower():
+                    raise
+        raise last
+
+    def _wait_ping(self, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError("redis-server exited (%s) before answering PING:\n%s"
+                                   % (self.proc.returncode, self.output()[-2000:]))
+            try:
+                if self.command("PING", timeout=1.0) == "PONG":
+                    return
+            except (OSError, ConnectionClosed, RedisError):
+                pass
+            if time.monotonic() >= deadline:
+                raise RuntimeError("redis-server did not answer PING within %.0fs:\n%s"
+                                   % (timeout, self.output()[-2000:]))
+            time.sleep(0.02)  # not listening yet: nothing to await
+
+    def command(self, *args, timeout=2.0, db=None):
+        """One command on a new connection (to database db when given);
+        returns the reply."""
+        return redis_command(self.port, *args, timeout=timeout, password=self.password, db=db)
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def _signal(self, sig):
+        if self.running():
+            try:
+                os.killpg(self.proc.pid, sig)
+            except OSError:
+                pass
+
+    def pause(self):
+        """SIGSTOP: the server keeps its connections but answers nothing."""
+        self._signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self):
+        """SIGCONT after pause()."""
+        self._signal(signal.SIGCONT)
+        self.paused = False
+
+    def kill(self):
+        """SIGKILL, then reap."""
+        if self.running():
+            self._signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.paused = False
+        self._close_out()
+
+    def stop(self, timeout=10.0):
+        """SIGTERM (after SIGCONT when paused), SIGKILL after the deadline."""
+        if self.running():
+            if self.paused:
+                self.resume()
+            self._signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._close_out()
+
+    def restart(self, timeout=10.0):
+        """Starts the server again on the same port (it must be down)."""
+        assert not self.running(), "restart() of a running redis-server"
+        return self.start(timeout, port=self.port)
+
+    def _close_out(self):
+        if self.out is not None:
+            self.out.close()
+            self.out = None
+
+    def cleanup(self):
+        self.stop()
+        if os.environ.get("SMTPGATE_KEEP_TMP"):
+            return
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------
