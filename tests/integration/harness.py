@@ -512,15 +512,21 @@ class Gateway:
 
     Gateway(backends=[addr, ...], overrides={...}) builds the config from
     DEFAULT_CONFIG; start() picks a free listen port, writes the config and
-    waits for a 220 greeting; stop() sends SIGTERM and waits."""
+    waits for a 220 greeting; stop() sends SIGTERM and waits.  With
+    policy=TEXT the policy file policy.yaml is written next to the config,
+    which names it ("policy: policy.yaml", relative to the config file)."""
 
-    def __init__(self, backends=(), overrides=None, name="gw"):
+    def __init__(self, backends=(), overrides=None, name="gw", policy=None):
         self.dir = tempfile.mkdtemp(prefix="smtpgate-%s-" % name)
         _own(self)
         self.config_path = os.path.join(self.dir, "gateway.yaml")
         self.log_path = os.path.join(self.dir, "gateway.log")
+        self.policy_path = os.path.join(self.dir, "policy.yaml")
         cfg = deep_merge(DEFAULT_CONFIG, {"backend": {"servers": [str(b) for b in backends]}})
         self.config = deep_merge(cfg, overrides or {})
+        if policy is not None:
+            self.write_policy(policy)
+            self.config["policy"] = "policy.yaml"
         self.proc = None
         self.port = None
         self.logf = None
@@ -544,6 +550,14 @@ class Gateway:
         with open(tmp, "w") as f:
             f.write(text)
         os.rename(tmp, self.config_path)
+
+    def write_policy(self, text):
+        """Writes the policy file (policy.yaml beside the config) atomically;
+        the process reads it at start and at each SIGHUP."""
+        tmp = self.policy_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, self.policy_path)
 
     def reconfigure(self, overrides):
         """Updates self.config with overrides and rewrites the file (the
@@ -1438,12 +1452,14 @@ def _pid_alive(pid):
 
 
 class GatewayTestCase(unittest.TestCase):
-    """One gateway (config OVERRIDES) in front of one RecordingBackend for the
-    whole class.  setUp resets the backend's replies to the class defaults
-    (RCPT_REPLIES, MAIL_REPLIES) and checks the gateway is alive; tearDown
-    checks it is still alive and prints the log tail when the test failed."""
+    """One gateway (config OVERRIDES, policy file POLICY) in front of one
+    RecordingBackend for the whole class.  setUp resets the backend's
+    replies to the class defaults (RCPT_REPLIES, MAIL_REPLIES) and checks
+    the gateway is alive; tearDown checks it is still alive and prints the
+    log tail when the test failed."""
 
     OVERRIDES = {}
+    POLICY = None  # policy file text (Gateway policy=), or None for none
     RCPT_REPLIES = {
         "bad@example.test": "550 5.1.1 <bad@example.test>: Recipient address rejected",
     }
@@ -1458,7 +1474,8 @@ class GatewayTestCase(unittest.TestCase):
     def setUpClass(cls):
         cls.backend = RecordingBackend()
         cls.addClassCleanup(cls.backend.stop)
-        cls.gw = Gateway(cls.backends(), cls.OVERRIDES, name=cls.__name__)
+        cls.gw = Gateway(cls.backends(), cls.OVERRIDES, name=cls.__name__,
+                         policy=cls.POLICY)
         cls.addClassCleanup(cls.gw.stop_and_check)
         cls.gw.start()
 
