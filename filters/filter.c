@@ -132,14 +132,22 @@ flt_continue(struct flt_run *run, const struct flt_env *env)
 				return FLT_PENDING;
 			}
 			/* A bug in the filter: no flt_defer(), or at the
-			 * header stage, where the data does not wait. */
+			 * header stage, where the data does not wait.  Its
+			 * late answer, if any, is dropped. */
 			log_error("filter %s answered pending at stage %s "
 			    "without a handle: ignored", f->name,
 			    flt_stage_name(run->stage));
+			if (run->call != NULL) {
+				run->call->run = NULL;
+				run->call = NULL;
+			}
 			continue;
 		}
-		if (v == FLT_CONTINUE)
+		if (v == FLT_CONTINUE) {
+			if (r.rule != NULL)
+				run->res.rule = r.rule;	/* a warn match */
 			continue;
+		}
 		r.rewrite = run->res.rewrite;
 		run->res = r;
 		run->res.verdict = v;
@@ -147,7 +155,7 @@ flt_continue(struct flt_run *run, const struct flt_env *env)
 		return v;
 	}
 	run->res.verdict = FLT_CONTINUE;
-	run->res.filter = NULL;
+	run->res.filter = NULL;		/* res.rule: the last warn match */
 	run->state = FLT_RUN_DONE;
 	return FLT_CONTINUE;
 }

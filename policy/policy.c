@@ -851,7 +851,7 @@ pol_walk(struct pol_ctx *c, const yaml_node_t *map)
 			c->filters = calloc(flt_ntable, sizeof(*c->filters));
 			if (c->filters == NULL)
 				yu_oom();
-			pol_each(c, kv, path, "a list of filter names", 0,
+			pol_each(c, kv, path, "a list of filter names", 1,
 			    pol_filter_item, NULL);
 			break;
 		}

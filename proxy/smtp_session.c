@@ -216,14 +216,20 @@ smtp_reply(struct smtp_session *s, enum smtp_reply_id id, const char *arg)
 	smtp_out(s, buf, n);
 }
 
-/* A command error: the reply, then 421 and close past max_errors. */
 static void smtp_fail(struct smtp_session *);
 
+/*
+ * A command error: the reply, then 421 and close past max_errors.  A
+ * refused session is never closed first (RFC 5321 3.1): its errors are
+ * not counted.
+ */
 static void
 smtp_error(struct smtp_session *s, enum smtp_reply_id id, const char *arg)
 {
 	smtp_reply(s, id, arg);
 	smtp_fail(s);
+	if (s->flags & SF_REFUSED)
+		return;
 	if (++s->errors >= s->cfg->max_errors) {
 		log_info("session=%s client=%s too many errors (%u)", s->idstr,
 		    s->addr, s->errors);
@@ -654,7 +660,10 @@ smtp_greet(struct smtp_session *s)
 		smtp_out(s, buf, (size_t)n);
 		s->flags |= SF_CLOSE_AFTER;
 	} else if (smtp_refusing(v)) {
+		/* A greeting refuses with 554 (RFC 5321 4.3.2), whatever
+		 * code the rule gave. */
 		s->flt.res.verdict = FLT_REFUSE;
+		s->flt.res.code = 554;
 		smtp_refused(s, FLT_REFUSE);
 	} else
 		smtp_reply(s, RPL_GREETING, NULL);

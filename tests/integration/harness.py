@@ -513,10 +513,11 @@ class Gateway:
     """The smtpgate binary under test, with its own temp dir and config.
 
     Gateway(backends=[addr, ...], overrides={...}) builds the config from
-    DEFAULT_CONFIG; policy={...} (or YAML text) also writes a policy file
-    and names it in the config.  start() picks a free listen port, writes
-    the config and waits for a 220 greeting; stop() sends SIGTERM and
-    waits."""
+    DEFAULT_CONFIG; start() picks a free listen port, writes the config and
+    waits for a 220 greeting; stop() sends SIGTERM and waits.  With
+    policy={...} (or YAML text) the policy file policy.yaml is written next
+    to the config, which names it ("policy: policy.yaml", relative to the
+    config file)."""
 
     def __init__(self, backends=(), overrides=None, name="gw", policy=None):
         self.dir = tempfile.mkdtemp(prefix="smtpgate-%s-" % name)
@@ -528,7 +529,7 @@ class Gateway:
         self.config = deep_merge(cfg, overrides or {})
         if policy is not None:
             self.write_policy(policy)
-            self.config["policy"] = self.policy_path
+            self.config["policy"] = "policy.yaml"
         self.proc = None
         self.port = None
         self.logf = None
@@ -554,9 +555,9 @@ class Gateway:
         os.rename(tmp, self.config_path)
 
     def write_policy(self, policy):
-        """Writes the policy file (policy.yaml in the gateway's dir): a dict
-        as YAML, or a str as is.  The config names it when the Gateway was
-        made with policy=...; the process reads it at start or SIGHUP."""
+        """Writes the policy file (policy.yaml beside the config)
+        atomically: a dict as YAML, or a str as is.  The process reads it at
+        start and at each SIGHUP."""
         text = policy if isinstance(policy, str) else to_yaml(policy) + "\n"
         tmp = self.policy_path + ".tmp"
         with open(tmp, "w") as f:
@@ -1659,12 +1660,14 @@ class RedisServer:
 
 
 class GatewayTestCase(unittest.TestCase):
-    """One gateway (config OVERRIDES) in front of one RecordingBackend for the
-    whole class.  setUp resets the backend's replies to the class defaults
-    (RCPT_REPLIES, MAIL_REPLIES) and checks the gateway is alive; tearDown
-    checks it is still alive and prints the log tail when the test failed."""
+    """One gateway (config OVERRIDES, policy file POLICY) in front of one
+    RecordingBackend for the whole class.  setUp resets the backend's
+    replies to the class defaults (RCPT_REPLIES, MAIL_REPLIES) and checks
+    the gateway is alive; tearDown checks it is still alive and prints the
+    log tail when the test failed."""
 
     OVERRIDES = {}
+    POLICY = None  # policy file text (Gateway policy=), or None for none
     RCPT_REPLIES = {
         "bad@example.test": "550 5.1.1 <bad@example.test>: Recipient address rejected",
     }
@@ -1679,7 +1682,8 @@ class GatewayTestCase(unittest.TestCase):
     def setUpClass(cls):
         cls.backend = RecordingBackend()
         cls.addClassCleanup(cls.backend.stop)
-        cls.gw = Gateway(cls.backends(), cls.OVERRIDES, name=cls.__name__)
+        cls.gw = Gateway(cls.backends(), cls.OVERRIDES, name=cls.__name__,
+                         policy=cls.POLICY)
         cls.addClassCleanup(cls.gw.stop_and_check)
         cls.gw.start()
 
