@@ -10,9 +10,16 @@
 #   gateway    smtpgate (a copy of build/smtpgate, so a concurrent rebuild
 #              does not change the binary under test)
 #   baseline   haproxy in TCP mode: a plain L4 proxy in front of the sink
+#   policy     a second smtpgate, the same config plus a generated policy
+#              of 1,000 rules (deploy/bench/genpolicy.py: CIDRs, domains,
+#              exact names and addresses, 100 PCRE2 regexes) that the
+#              benchmark traffic passes without matching any of them, so
+#              every rule of every stage runs for every message
 # Load: smtp-source, one message per connection and then -d (many messages
-# per connection), against the sink directly, through smtpgate and through
-# haproxy.  Ratios are measured within one run, since the machine is noisy.
+# per connection), against the sink directly, through smtpgate, through
+# smtpgate with the policy and through haproxy, always with the same HELO
+# name, sender and recipient.  Ratios are measured within one run, since the
+# machine is noisy.
 # Then smtpgate's RSS: peak under load, with N idle connections, and while
 # one very large message passes.
 #
@@ -49,8 +56,19 @@ SMTP_SINK=${SMTP_SINK:-/usr/sbin/smtp-sink}
 SMTP_SOURCE=${SMTP_SOURCE:-/usr/sbin/smtp-source}
 HAPROXY=${HAPROXY:-/usr/sbin/haproxy}
 
+# What smtp-source says (-M, -f, -t): the same for every target; the
+# generated policy lets exactly this through.
+HELO_NAME=bench.example.test
+SENDER=bench@sender.example
+RCPT=bench@rcpt.example
+POLICY_RULES=1000       # rules in the generated policy ...
+POLICY_REGEXES=100      # ... of which PCRE2 regexes
+CANARY=canary@policy-probe.invalid      # the policy's last rule: a sender
+CANARY_REPLY="550 5.7.1 bench policy canary"
+
 # Reference targets (printed as PASS/MISS, never asserted).
 T_RATIO=0.90            # smtpgate msgs/s >= 0.9 x haproxy, both modes
+T_POLICY=0.95           # with the policy >= 0.95 x without, both modes
 T_PEAK_MB=20            # peak RSS under load
 T_IDLE_MB=50            # RSS with IDLE idle connections
 T_BIG_MB=2              # RSS growth while the large message passes
@@ -125,14 +143,14 @@ stop_pid() {
 	return "$hung"
 }
 
-# Three distinct free ports on 127.0.0.1.
+# N distinct free ports on 127.0.0.1.
 free_ports() {
 	python3 -c '
-import socket
-ss = [socket.socket() for _ in range(3)]
+import socket, sys
+ss = [socket.socket() for _ in range(int(sys.argv[1]))]
 for s in ss:
     s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in ss))'
+print(*(s.getsockname()[1] for s in ss))' "$1"
 }
 
 # wait_port PORT PID: until something accepts on 127.0.0.1:PORT.
@@ -164,8 +182,8 @@ mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 # ---- the processes ------------------------------------------------------------
 
-read -r SINK_PORT GATE_PORT HAP_PORT <<<"$(free_ports)"
-[ -n "$HAP_PORT" ] || die "cannot pick free ports"
+read -r SINK_PORT GATE_PORT HAP_PORT POL_PORT <<<"$(free_ports 4)"
+[ -n "$POL_PORT" ] || die "cannot pick free ports"
 ticks=$(getconf CLK_TCK)
 
 sink_user=()
@@ -222,6 +240,67 @@ stop_gate() {
 	GATE_PID=
 }
 
+# The policy: generated into the work directory, and a second config that
+# is the first one with it (and its own port).  log_level stays warning:
+# nothing is logged per message, with or without the policy.
+python3 "$helpers/genpolicy.py" --rules "$POLICY_RULES" \
+    --regexes "$POLICY_REGEXES" --client 127.0.0.1 --helo "$HELO_NAME" \
+    --sender "$SENDER" --rcpt "$RCPT" --canary "$CANARY" \
+    --canary-reply "$CANARY_REPLY" "$work/policy.yaml" \
+    2>"$work/genpolicy.out" || die "genpolicy.py failed: $(cat "$work/genpolicy.out")"
+sed -e "s/^\(  - address: 127.0.0.1:\)$GATE_PORT\$/\1$POL_PORT/" \
+    "$work/smtpgate.yaml" >"$work/smtpgate-policy.yaml"
+echo "policy: policy.yaml" >>"$work/smtpgate-policy.yaml"
+grep -q "127.0.0.1:$POL_PORT" "$work/smtpgate-policy.yaml" || die "cannot write the policy config"
+"$work/smtpgate" -t -c "$work/smtpgate-policy.yaml" >"$work/smtpgate-policy-check.log" 2>&1 ||
+	die "smtpgate rejects the policy config: $(cat "$work/smtpgate-policy-check.log")"
+# What the policy decides for the benchmark traffic (smtp-source's header
+# lines; Date and Message-Id vary): every stage must pass, no rule match,
+# not even a warn.  A non-local recipient must be refused (relay on).
+"$work/smtpgate" -c "$work/smtpgate-policy.yaml" --explain client=127.0.0.1 \
+    helo="$HELO_NAME" from="$SENDER" rcpt="$RCPT" rcpt=probe@not-local.invalid \
+    header="From: <$SENDER>" header="To: <$RCPT>" \
+    header="Date: Sun, 22 Nov 2026 05:54:00 +0000 (UTC)" \
+    header="Message-Id: <2c65.0003.0000@$HELO_NAME>" \
+    >"$work/explain.out" 2>&1 || die "--explain failed: $(cat "$work/explain.out")"
+explain_ok=$(awk -v p="$work/policy.yaml" '
+	NR == 1 && $0 != "policy: " p { bad = 1 }
+	/^stage / { stage = $0 }
+	# A filter line: "  NAME   VERDICT[ (rule R...)][: reply]".
+	/^  [a-z_]+ +[a-z]+/ && stage != "stage rcpt: <probe@not-local.invalid>" &&
+	    ($2 != "continue" || /matched: warn/) { bad = 1 }
+	/^  relay +reject: .*Relay access denied/ { relay = 1 }
+	/^  => / { n++ }
+	END { print (!bad && relay && n == 9) }' "$work/explain.out")
+[ "$explain_ok" = 1 ] ||
+	die "the policy does not pass the benchmark traffic as it should (--explain):
+$(cat "$work/explain.out")"
+
+POL_PID=
+pol_n=0
+start_policy_gate() {
+	pol_n=$((pol_n + 1))
+	POL_LOG=$work/smtpgate-policy.$pol_n.log
+	"$work/smtpgate" -c "$work/smtpgate-policy.yaml" 2>"$POL_LOG" &
+	POL_PID=$!
+	pids+=("$POL_PID")
+	wait_port "$POL_PORT" "$POL_PID" || die "smtpgate (policy) did not start: $(cat "$POL_LOG")"
+	sleep 0.3
+	# The running process enforces this policy: its relay check and its
+	# last rule answer as generated (one session, no message).
+	python3 "$helpers/policy_probe.py" 127.0.0.1 "$POL_PORT" "$HELO_NAME" \
+	    "$SENDER" "$RCPT" "$CANARY" "$CANARY_REPLY" >"$work/probe.out" 2>&1 ||
+		die "smtpgate (policy): $(cat "$work/probe.out")"
+}
+stop_policy_gate() {
+	stop_pid "$POL_PID" "smtpgate (policy)" 40 || failures=$((failures + 1))
+	if [ "$stop_rc" != 0 ]; then
+		note "ERROR: smtpgate (policy) exited with status $stop_rc on SIGTERM (log: $POL_LOG)"
+		failures=$((failures + 1))
+	fi
+	POL_PID=
+}
+
 cat >"$work/haproxy.cfg" <<EOF
 global
     nbthread $WORKERS
@@ -247,28 +326,36 @@ pids+=("$HAP_PID")
 wait_port "$HAP_PORT" "$HAP_PID" || die "haproxy did not start: $(cat "$work/haproxy.log")"
 
 start_gate
+start_policy_gate
 
 echo "smtpgate benchmark: $(date -u '+%Y-%m-%d %H:%M:%SZ'), $(nproc) CPUs, $(uname -r)"
 echo "  smtpgate $("$work/smtpgate" -V 2>&1 | awk '{ print $NF }') ($SMTPGATE_BIN), workers $WORKERS; $("$HAPROXY" -v | head -1 | cut -d' ' -f1-3), nbthread $WORKERS"
-echo "  ports: sink $SINK_PORT, smtpgate $GATE_PORT, haproxy $HAP_PORT; work dir $work"
-echo "  load: smtp-source -s $SESSIONS -m $MESSAGES -l $MSGSIZE, $ROUNDS round(s)"
+echo "  ports: sink $SINK_PORT, smtpgate $GATE_PORT, haproxy $HAP_PORT, smtpgate+policy $POL_PORT; work dir $work"
+echo "  load: smtp-source -s $SESSIONS -m $MESSAGES -l $MSGSIZE -M $HELO_NAME -f $SENDER -t $RCPT, $ROUNDS round(s)"
+echo "  policy: $(cat "$work/genpolicy.out")"
+echo "  $(cat "$work/probe.out")"
 echo
 
-# ---- 1-3: throughput ---------------------------------------------------------
+# ---- 1-4: throughput ---------------------------------------------------------
 
 results=$work/results       # mode target round rate|ERROR
 : >"$results"
+cpufile=$work/cpu           # mode target round us/msg (the proxy's CPU)
+: >"$cpufile"
 gate_peak_kb=0              # sampled VmRSS max over the smtpgate runs
 gate_hwm_kb=0               # VmHWM over the smtpgate runs
+pol_peak_kb=0               # the same, smtpgate with the policy
+pol_hwm_kb=0
 
 # load TARGET MODE ROUND: one smtp-source run; appends to $results.
 load() {
 	local target=$1 mode=$2 round=$3 port pid="" dflag=() tag
 	local before after t0 t1 rc src_n sink_n secs rate err="" cpu0=0 cpu1=0 spid=""
-	local log0=0 log1 cpu_note=
+	local log0=0 log1 cpu_note='' glog=''
 	case $target in
 	direct)   port=$SINK_PORT ;;
-	smtpgate) port=$GATE_PORT; pid=$GATE_PID ;;
+	smtpgate) port=$GATE_PORT; pid=$GATE_PID; glog=$GATE_LOG ;;
+	policy)   port=$POL_PORT; pid=$POL_PID; glog=$POL_LOG ;;
 	haproxy)  port=$HAP_PORT; pid=$HAP_PID ;;
 	esac
 	[ "$mode" = multi ] && dflag=(-d)
@@ -278,8 +365,8 @@ load() {
 	if [ -n "$pid" ]; then
 		cpu0=$(cpu_ticks "$pid")
 	fi
-	if [ "$target" = smtpgate ]; then
-		log0=$(wc -l <"$GATE_LOG")
+	if [ -n "$glog" ]; then
+		log0=$(wc -l <"$glog")
 		reset_hwm "$pid"
 		python3 "$helpers/rss_sampler.py" "$pid" 0.2 >"$work/rss-$tag" &
 		spid=$!
@@ -288,7 +375,7 @@ load() {
 
 	t0=$(date +%s.%N)
 	"$SMTP_SOURCE" -c "${dflag[@]}" -s "$SESSIONS" -m "$MESSAGES" \
-	    -l "$MSGSIZE" -M bench.example.test "127.0.0.1:$port" \
+	    -l "$MSGSIZE" -M "$HELO_NAME" -f "$SENDER" -t "$RCPT" "127.0.0.1:$port" \
 	    >"$work/source-$tag.out" 2>"$work/source-$tag.err"
 	rc=$?
 	t1=$(date +%s.%N)
@@ -304,12 +391,17 @@ load() {
 		local peak hwm
 		peak=$(sed -n 's/.*max_kb=\([0-9]*\).*/\1/p' "$work/rss-$tag")
 		hwm=$(status_kb "$pid" VmHWM)
-		[ "${peak:-0}" -gt "$gate_peak_kb" ] && gate_peak_kb=$peak
-		[ "${hwm:-0}" -gt "$gate_hwm_kb" ] && gate_hwm_kb=$hwm
-		log1=$(wc -l <"$GATE_LOG")
+		if [ "$target" = policy ]; then
+			[ "${peak:-0}" -gt "$pol_peak_kb" ] && pol_peak_kb=$peak
+			[ "${hwm:-0}" -gt "$pol_hwm_kb" ] && pol_hwm_kb=$hwm
+		else
+			[ "${peak:-0}" -gt "$gate_peak_kb" ] && gate_peak_kb=$peak
+			[ "${hwm:-0}" -gt "$gate_hwm_kb" ] && gate_hwm_kb=$hwm
+		fi
+		log1=$(wc -l <"$glog")
 		if [ "$log1" -gt "$log0" ]; then
-			note "smtpgate logged $((log1 - log0)) line(s) during $tag, e.g.:"
-			sed -n "$((log0 + 1)),$((log0 + 3))p" "$GATE_LOG" >&2
+			note "smtpgate ($target) logged $((log1 - log0)) line(s) during $tag, e.g.:"
+			sed -n "$((log0 + 1)),$((log0 + 3))p" "$glog" >&2
 		fi
 	fi
 
@@ -339,6 +431,10 @@ load() {
 	fi
 	rate=$(awk -v n="$MESSAGES" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
 	echo "$mode $target $round $rate" >>"$results"
+	if [ -n "$pid" ]; then
+		awk -v c=$((cpu1 - cpu0)) -v t="$ticks" -v n="$MESSAGES" \
+		    -v k="$mode $target $round" 'BEGIN { printf "%s %.1f\n", k, 1e6 * c / t / n }' >>"$cpufile"
+	fi
 	printf '  %-6s %-9s round %s: %6s msgs in %7ss = %6s msgs/s%s\n' \
 	    "$mode" "$target" "$round" "$MESSAGES" "$secs" "$rate" "$cpu_note"
 }
@@ -347,8 +443,9 @@ echo "Throughput (each line: one smtp-source run; sink counts checked):"
 for round in $(seq "$ROUNDS"); do
 	# Even rounds run the targets in the reverse order, so that a drift
 	# in the machine's load does not always favour the same one.
-	order="direct smtpgate haproxy"
-	[ $((round % 2)) = 0 ] && order="haproxy smtpgate direct"
+	# smtpgate and policy run back to back, for their ratio.
+	order="direct smtpgate policy haproxy"
+	[ $((round % 2)) = 0 ] && order="haproxy policy smtpgate direct"
 	for mode in single multi; do
 		for target in $order; do
 			load "$target" "$mode" "$round"
@@ -357,9 +454,10 @@ for round in $(seq "$ROUNDS"); do
 done
 echo
 
-# median MODE TARGET -> median msgs/s over the rounds, or ERROR.
+# median MODE TARGET [FILE] -> median msgs/s (or, from $cpufile, CPU
+# us/msg) over the rounds, or ERROR.
 median() {
-	awk -v m="$1" -v t="$2" '$1 == m && $2 == t { print $4 }' "$results" |
+	awk -v m="$1" -v t="$2" '$1 == m && $2 == t { print $4 }' "${3:-$results}" |
 	    sort -n | awk '
 		/ERROR/ { bad = 1 }
 		{ v[NR] = $1 }
@@ -395,6 +493,7 @@ verdict() {             # verdict OK-CONDITION-RESULT (1/0/n/a)
 }
 
 stop_gate
+stop_policy_gate
 
 # ---- 5: idle connections -------------------------------------------------------
 
@@ -487,11 +586,35 @@ for mode in single multi; do
 	printf '  %-14s %8s %9s %8s %13s %12s  %s (gate >= %s x haproxy)\n' \
 	    "$label" "$d" "$g" "$h" "$gh" "$gd" "$v" "$T_RATIO"
 done
+# The policy's cost: msgs/s as above, and smtpgate's own CPU per message
+# (medians), a steadier figure than msgs/s on a busy machine.
+printf '  %-14s %8s %9s %13s %20s\n' "policy ($POLICY_RULES)" smtpgate "+policy" policy/gate "CPU us/msg gate/+pol"
+for mode in single multi; do
+	g=$(median "$mode" smtpgate)
+	p=$(median "$mode" policy)
+	pg=$(pratio "$mode" policy smtpgate)
+	cg=$(median "$mode" smtpgate "$cpufile")
+	cp=$(median "$mode" policy "$cpufile")
+	cpu=n/a
+	[ "$g" != ERROR ] && [ "$p" != ERROR ] &&
+		cpu=$(awk -v a="$cg" -v b="$cp" 'BEGIN { printf "%.0f/%.0f (%+.0f%%)", a, b, (a > 0) ? 100 * (b - a) / a : 0 }')
+	v=n/a
+	[ "$pg" != n/a ] &&
+		v=$(verdict "$(awk -v r="$pg" -v t="$T_POLICY" 'BEGIN { print (r >= t) }')")
+	label="1 msg/conn"
+	[ "$mode" = multi ] && label="-d (multi)"
+	printf '  %-14s %8s %9s %13s %20s  %s (policy >= %s x smtpgate)\n' \
+	    "$label" "$g" "$p" "$pg" "$cpu" "$v" "$T_POLICY"
+done
 peak_kb=$gate_peak_kb
 [ "${gate_hwm_kb:-0}" -gt "$peak_kb" ] && peak_kb=$gate_hwm_kb
 printf '  smtpgate peak RSS under load: %s MB (sampled max %s MB, VmHWM %s MB)  %s (< %s MB)\n' \
     "$(mb "$peak_kb")" "$(mb "$gate_peak_kb")" "$(mb "${gate_hwm_kb:-0}")" \
     "$(verdict "$(awk -v k="$peak_kb" -v t="$T_PEAK_MB" 'BEGIN { print (k < t * 1024) }')")" "$T_PEAK_MB"
+pol_kb=$pol_peak_kb
+[ "${pol_hwm_kb:-0}" -gt "$pol_kb" ] && pol_kb=$pol_hwm_kb
+printf '  smtpgate+policy peak RSS under load: %s MB (sampled max %s MB, VmHWM %s MB)\n' \
+    "$(mb "$pol_kb")" "$(mb "$pol_peak_kb")" "$(mb "${pol_hwm_kb:-0}")"
 if [ "$idle_ok" = 1 ]; then
 	printf '  RSS with %s idle connections: %s MB (%s bytes/conn over %s MB at start)  %s (< %s MB)\n' \
 	    "$IDLE" "$(mb "$idle_kb")" "$idle_per" "$(mb "$idle_base_kb")" \
