@@ -17,11 +17,11 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends \
-        libuv1 libyaml-0-2 \
+        libuv1 libyaml-0-2 libpcre2-8-0 libhiredis0.14 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --no-create-home --shell /usr/sbin/nologin smtpgate
 COPY --from=build /src/build/smtpgate /usr/local/bin/smtpgate
-COPY deploy/smtpgate.yaml /etc/smtpgate/smtpgate.yaml
+COPY deploy/smtpgate.yaml deploy/policy.yaml deploy/policy-ratelimits.yaml /etc/smtpgate/
 USER smtpgate
 EXPOSE 2525
 # SIGTERM drains: idle sessions get 421 4.3.2, transactions in flight end.
