@@ -165,11 +165,14 @@ flt_run_stage(struct flt_run *run, enum flt_stage st, const struct flt_env *env)
 {
 	struct flt_env e = *env;
 
-	if (run->state == FLT_RUN_DONE && run->stage != st)
-		run->state = FLT_RUN_IDLE;	/* a verdict nobody acted on */
-	if (run->state != FLT_RUN_IDLE && run->stage != st)
-		fatalx("%s: stage %s while %s is in progress", __func__,
-		    flt_stage_name(st), flt_stage_name(run->stage));
+	if (run->state != FLT_RUN_IDLE && run->stage != st) {
+		/* A verdict, or an answer still owed, nobody will act on. */
+		if (run->state != FLT_RUN_DONE)
+			log_error("stage %s started while %s is in progress: "
+			    "dropping the older", flt_stage_name(st),
+			    flt_stage_name(run->stage));
+		flt_run_abandon(run);
+	}
 	e.run = run;
 	switch (run->state) {
 	case FLT_RUN_DONE:

@@ -48,6 +48,7 @@ struct worker {
 	uv_mutex_t		 lock;		/* guards the two fields below */
 	struct config		*pending_cfg;	/* reload: new config, or NULL */
 	int			 stop_req;	/* 1: drain, 2: drain now (again) */
+	int			 exited;	/* the async handle is closed */
 	struct config		*cfg;		/* config new sessions start with */
 	uv_os_sock_t		 fds[CFG_MAX_LISTEN];	/* bound sockets, by main */
 	uv_tcp_t		 listeners[CFG_MAX_LISTEN];

@@ -148,6 +148,12 @@ struct smtp_session {
 	size_t			 in_start;	/* first unconsumed byte */
 	size_t			 in_end;	/* end of input read */
 	uint8_t			 fly[FLY_MAX];	/* enum fly_kind, a ring */
+	uint32_t		 fly_gen[FLY_MAX];	/* tx_gen when each was
+						 * sent: a reply concerns the
+						 * current transaction only if
+						 * it matches */
+	uint32_t		 tx_gen;	/* bumped at each transaction's
+						 * start and end */
 	unsigned		 fly_head;	/* oldest entry */
 	unsigned		 fly_n;		/* entries in flight */
 	int			 fly_fail;	/* -1, or the reply every entry
@@ -247,22 +253,38 @@ smtp_local(struct smtp_session *s)
 
 /* ---- Transactions -------------------------------------------------------- */
 
+static unsigned smtp_fly_timeout(const struct smtp_session *);
+
+/*
+ * Notes a command sent to the backend.  The reply timer runs for the
+ * oldest command in flight: it starts when the ring was empty.
+ */
 static void
 smtp_fly_push(struct smtp_session *s, enum fly_kind k)
 {
+	unsigned i = (s->fly_head + s->fly_n) % FLY_MAX;
+
 	if (s->fly_n == FLY_MAX)
 		fatalx("%s: ring full", __func__);
-	s->fly[(s->fly_head + s->fly_n++) % FLY_MAX] = (uint8_t)k;
+	s->fly[i] = (uint8_t)k;
+	s->fly_gen[i] = s->tx_gen;
+	if (s->fly_n++ == 0 && s->be != NULL)
+		be_expect_reply(s->be, smtp_fly_timeout(s));
 }
 
+/* Takes the oldest command in flight; *gen gets its transaction. */
 static enum fly_kind
-smtp_fly_pop(struct smtp_session *s)
+smtp_fly_pop(struct smtp_session *s, uint32_t *gen)
 {
 	enum fly_kind k = s->fly[s->fly_head];
 
+	*gen = s->fly_gen[s->fly_head];
 	s->fly_head = (s->fly_head + 1) % FLY_MAX;
 	if (--s->fly_n == 0)
 		s->fly_fail = -1;
+	/* The next command's reply gets its own full timeout. */
+	if (s->be != NULL)
+		be_expect_reply(s->be, smtp_fly_timeout(s));
 	return k;
 }
 
@@ -306,6 +328,7 @@ smtp_tx_log(struct smtp_session *s, int status, const char *reply, size_t len)
 static void
 smtp_tx_clear(struct smtp_session *s)
 {
+	s->tx_gen++;
 	free(s->tx.hdr.buf);
 	memset(&s->tx, 0, offsetof(struct smtp_tx, from));
 	s->tx.from[0] = s->tx.rcpts[0] = '\0';
@@ -332,7 +355,8 @@ smtp_tx_append(char *dst, size_t size, const char *p, size_t len)
 	size_t used = strlen(dst);
 
 	if (used + len + 2 >= size) {
-		if (used + 4 < size && strcmp(dst + used - 3, "...") != 0)
+		if (used + 4 < size &&
+		    (used < 3 || strcmp(dst + used - 3, "...") != 0))
 			memcpy(dst + used, ",...", 5);
 		return;
 	}
@@ -815,8 +839,8 @@ smtp_cmd_envelope(struct smtp_session *s, enum smtp_verb v, const char *arg,
 		smtp_tx_append(s->tx.rcpts, sizeof(s->tx.rcpts), line + 8,
 		    pathlen);
 	} else {
-		smtp_fly_push(s, F_MAIL);
 		smtp_tx_clear(s);
+		smtp_fly_push(s, F_MAIL);
 		s->tx.smtputf8 = o.smtputf8;
 		s->tx.started = uv_now(&s->w->loop);
 		/* The path as forwarded, after "MAIL FROM:". */
@@ -1136,8 +1160,11 @@ smtp_data_step(struct smtp_session *s)
 	if (s->tx.abort == TX_OK && !s->tx.hdr.body)
 		smtp_hdr_feed(s, p, done ? n - 3 : n);
 	if (was_ok && fwd > 0 && s->be != NULL &&
-	    be_write_data(s->be, p, fwd) != 0)
+	    be_write_data(s->be, p, fwd) != 0) {
+		/* A backend that takes no data for this long has failed. */
 		s->flags |= SF_PINNED;
+		be_expect_reply(s->be, s->cfg->to_be_data_block);
+	}
 	s->in_start += n;
 	if (!done)
 		return STEP_AGAIN;
@@ -1190,8 +1217,9 @@ smtp_fly_fail_one(struct smtp_session *s)
 {
 	enum smtp_reply_id	id = (enum smtp_reply_id)s->fly_fail;
 	size_t			start = s->out_len;
+	uint32_t		gen;
 
-	switch (smtp_fly_pop(s)) {
+	switch (smtp_fly_pop(s, &gen)) {
 	case F_RSET_QUIET:
 		return;
 	case F_RSET:
@@ -1210,7 +1238,7 @@ smtp_fly_fail_one(struct smtp_session *s)
 		return;
 	case F_MAIL:
 		smtp_reply(s, id, NULL);
-		if (s->state == S_MAIL)
+		if (s->state == S_MAIL && gen == s->tx_gen)
 			smtp_tx_clear(s);
 		return;
 	default:
@@ -1299,9 +1327,15 @@ smtp_step(struct smtp_session *s)
 	if (fn(s, v, arg, arglen) == CMD_WAIT)
 		return STEP_WAIT;
 	s->in_start += consumed;
-	/* The command has acted on its stage's verdict, if it had one. */
+	/*
+	 * The command has acted on its stage's verdict, if it had one; if it
+	 * was answered otherwise while a filter still owed an answer (the
+	 * backend refused the MAIL meanwhile, say), that answer is dropped.
+	 */
 	if (s->flt.state == FLT_RUN_DONE)
 		flt_run_reset(&s->flt);
+	else if (s->flt.state != FLT_RUN_IDLE)
+		flt_run_abandon(&s->flt);
 	return STEP_AGAIN;
 }
 
@@ -1335,8 +1369,6 @@ smtp_update_io(struct smtp_session *s)
 		uv_read_stop((uv_stream_t *)&s->tcp);
 		s->flags &= ~SF_READING;
 	}
-	if (s->be != NULL)
-		be_expect_reply(s->be, smtp_fly_timeout(s));
 }
 
 static void smtp_timer_arm(struct smtp_session *);
@@ -1476,9 +1508,13 @@ smtp_timeout_cb(uv_timer_t *t)
 {
 	struct smtp_session *s = t->data;
 
-	/* Waiting for the backend is timed by the backend's own timer. */
-	if (s->fly_n > 0 || (s->flags & SF_AWAIT) ||
-	    (s->be != NULL && !be_ready(s->be))) {
+	/*
+	 * Waiting for the backend is timed by the backend's own timer; but a
+	 * client that has not read its replies for this long is not waited
+	 * for, whatever is in flight.
+	 */
+	if (!(s->flags & SF_OUT_WRITING) && (s->fly_n > 0 ||
+	    (s->flags & SF_AWAIT) || (s->be != NULL && !be_ready(s->be)))) {
 		smtp_timer_arm(s);
 		return;
 	}
@@ -1505,19 +1541,39 @@ smtp_be_ready_cb(void *arg)
 	smtp_process(s);
 }
 
+/*
+ * The backend connection is gone (s->be already NULL): the commands in
+ * flight get reply id, and the transaction in progress answers its later
+ * commands (or its final dot) with it too.
+ */
+static void
+smtp_be_lost(struct smtp_session *s, enum smtp_reply_id id)
+{
+	if (s->fly_n > 0)
+		s->fly_fail = (int)id;
+	if ((s->state == S_DATA || s->state == S_MAIL) &&
+	    s->tx.abort == TX_OK) {
+		s->tx.abort = TX_BACKEND;
+		s->tx.abort_reply = id;
+	}
+}
+
 static int
 smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
 {
 	struct smtp_session	*s = arg;
 	enum fly_kind		 k;
+	uint32_t		 gen;
 
 	if (s->flags & SF_CLOSING)
 		return 0;
 	if (s->fly_n == 0) {
+		/* Postfix's "421 ... timeout" before it closes, say. */
 		log_warn("session=%s backend %s unsolicited reply: %.*s",
 		    s->idstr, be_server_name(s->be),
 		    (int)(len > 2 ? len - 2 : len), reply);
 		smtp_be_drop(s, 0);
+		smtp_be_lost(s, RPL_BE_LOST);
 		return 0;
 	}
 	k = s->fly[s->fly_head];
@@ -1526,14 +1582,16 @@ smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
 		if (!smtp_out_room(s, len))
 			return -1;
 	}
-	smtp_fly_pop(s);
+	smtp_fly_pop(s, &gen);
 	switch (k) {
 	case F_MAIL:
-		if (code / 100 != 2 && s->state == S_MAIL)
+		if (code / 100 != 2 && s->state == S_MAIL && gen == s->tx_gen)
 			smtp_tx_clear(s);
 		break;
 	case F_RCPT:
-		if (code / 100 == 2)
+		if (gen != s->tx_gen)
+			;	/* an abandoned transaction's */
+		else if (code / 100 == 2)
 			s->tx.nrcpt_ok++;
 		else
 			s->tx.nrcpt_rej++;
@@ -1576,6 +1634,8 @@ smtp_be_write_done_cb(void *arg)
 	struct smtp_session *s = arg;
 
 	s->flags &= ~SF_PINNED;
+	if (s->be != NULL && s->fly_n == 0)
+		be_expect_reply(s->be, 0);
 	smtp_process(s);
 }
 
@@ -1593,18 +1653,7 @@ smtp_be_fail_cb(void *arg, enum be_fail why)
 		s->flags |= SF_BE_FAILED;
 	} else {
 		s->flags &= ~SF_BE_READY;
-		if (s->fly_n > 0)
-			s->fly_fail = (int)id;
-		if (s->state == S_DATA) {
-			if (s->tx.abort == TX_OK) {
-				s->tx.abort = TX_BACKEND;
-				s->tx.abort_reply = id;
-			}
-		} else if (s->state == S_MAIL) {
-			/* The transaction is gone: its RCPT and DATA get 4xx. */
-			s->tx.abort = TX_BACKEND;
-			s->tx.abort_reply = id;
-		}
+		smtp_be_lost(s, id);
 	}
 	smtp_process(s);
 }

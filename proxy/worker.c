@@ -52,8 +52,13 @@ worker_maybe_exit(struct worker *w)
 		w->rl_own = 0;
 	}
 	w->rl = NULL;
-	if (!uv_is_closing((uv_handle_t *)&w->async))
+	if (!uv_is_closing((uv_handle_t *)&w->async)) {
+		/* worker_post() must not wake a closed handle. */
+		uv_mutex_lock(&w->lock);
+		w->exited = 1;
+		uv_mutex_unlock(&w->lock);
 		uv_close((uv_handle_t *)&w->async, NULL);
+	}
 	if (!uv_is_closing((uv_handle_t *)&w->drain_timer))
 		uv_close((uv_handle_t *)&w->drain_timer, NULL);
 }
@@ -221,6 +226,7 @@ worker_post(struct worker *w, struct config *cfg, int stop)
 	}
 	if (stop > w->stop_req)
 		w->stop_req = stop;
+	if (!w->exited)
+		uv_async_send(&w->async);
 	uv_mutex_unlock(&w->lock);
-	uv_async_send(&w->async);
 }
