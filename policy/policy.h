@@ -53,6 +53,31 @@ struct cidr_set *cidr_set_new(const struct cidr *v, size_t n);
 /* Frees a set; NULL is ignored. */
 void cidr_set_free(struct cidr_set *set);
 
+/*
+ * A map from addresses to the sets of networks holding them: built from n
+ * CIDR sets, the i-th known by ids[i], it answers with the ids of every
+ * set holding an address in one binary search.
+ */
+struct cidr_map;
+
+/*
+ * Returns a new map of the n sets (not kept) with their ids (ascending),
+ * or NULL when out of memory.  The caller frees it with cidr_map_free().
+ */
+struct cidr_map *cidr_map_new(const struct cidr_set *const *sets,
+    const uint32_t *ids, size_t n);
+
+/* Frees a map; NULL is ignored. */
+void cidr_map_free(struct cidr_map *map);
+
+/*
+ * Returns how many of the map's sets hold the address sa (matching as
+ * cidr_set_match() does) and points *ids at their ids, ascending; the
+ * list is the map's own.  Returns 0 for a NULL map or address.
+ */
+size_t cidr_map_lookup(const struct cidr_map *map, const struct sockaddr *sa,
+    const uint32_t **ids);
+
 /* A set of domains: "example.test" matches that name exactly, and
  * ".example.test" any name below it (not example.test itself).  Matching
  * is case-insensitive; a trailing dot on the name is ignored. */
@@ -91,6 +116,19 @@ struct pattern *pattern_new(const char *text, size_t len, char *err,
 
 /* Frees a pattern; NULL is ignored. */
 void pattern_free(struct pattern *p);
+
+/* Returns the text of an ASCII literal pattern (its length in *len; not
+ * NUL-terminated), or NULL for a regex (a non-ASCII literal is one). */
+const char *pattern_literal(const struct pattern *p, size_t *len);
+
+/*
+ * Returns the line name of a regex, lowercased (its length in *len; not
+ * NUL-terminated): N when the regex, written "^N:...", can only match
+ * subjects that start with N and a colon, ignoring ASCII case (a header
+ * line of field N); NULL when the regex is not certainly one, and for a
+ * literal.
+ */
+const char *pattern_line_name(const struct pattern *p, size_t *len);
 
 /* Scratch space for pattern_match(); one per thread (PCRE2 match data). */
 struct pattern_scratch;
