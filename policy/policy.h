@@ -195,6 +195,75 @@ struct pol_rule {
 						 * Sender rejected" */
 };
 
+/* ---- The rule index ------------------------------------------------------ */
+
+/*
+ * The policy finds the rules of a stage that may match a session without
+ * trying each one.  A rule with an ASCII literal on a field is filed under
+ * that field and the literal (lowercased); a rule with a client network
+ * list under its networks; a header rule whose regex can only match lines
+ * of one field name ("^Subject:...") under that name; every other rule is
+ * tried at each turn of its stage.  A lookup gives sorted lists of rule
+ * indexes (no rule in two of them) which the caller merges, to try the
+ * rules in file order.  What is filed is only where a rule can match: the
+ * caller still runs every matcher of each rule it tries.
+ */
+
+/* What rules are filed under. */
+enum pol_key {
+	POL_KEY_CLIENT_NAME,	/* the reverse name */
+	POL_KEY_HELO,		/* the HELO/EHLO name */
+	POL_KEY_SENDER,		/* the sender's mailbox ("" for <>) */
+	POL_KEY_RECIPIENT,	/* the recipient's mailbox */
+	POL_KEY_HEADER,		/* the header line */
+	POL_KEY_HEADER_NAME,	/* the header line's field name: what comes
+				 * before its first ':' */
+	POL_KEY__COUNT
+};
+
+/* The session as the rules see it, each text with its length. */
+struct pol_subject {
+	const struct sockaddr	*addr;		/* client address, or NULL */
+	const char		*addr_text;	/* ... as text (never NULL) */
+	size_t			 addr_textlen;
+	const char		*v[POL_KEY__COUNT];	/* each key's text; NULL
+						 * when the session has none yet
+						 * (no rule on it can match) */
+	size_t			 len[POL_KEY__COUNT];	/* their lengths */
+};
+
+/* A sorted list of rule indexes. */
+struct pol_list {
+	const uint32_t	*v;		/* the indexes, ascending */
+	size_t		 n;		/* how many */
+};
+
+/* The most lists a lookup gives: one per key, the networks' and the
+ * rules that are not filed. */
+#define POL_LISTS_MAX	(POL_KEY__COUNT + 2)
+
+struct pol_index;
+
+/*
+ * Returns the index of the nrules rules; stage_rules[s] holds the
+ * nstage_rules[s] indexes of stage s's rules, ascending.  Aborts when out
+ * of memory.  The caller frees it with pol_index_free().
+ */
+struct pol_index *pol_index_new(const struct pol_rule *rules, size_t nrules,
+    const size_t *const *stage_rules, const size_t *nstage_rules);
+
+/* Frees an index; NULL is ignored. */
+void pol_index_free(struct pol_index *ix);
+
+/*
+ * Fills lists (POL_LISTS_MAX entries) with the rules of stage st that may
+ * match subj, and returns how many lists it filled (none empty).  Every
+ * rule of the stage that matches subj is in one of them.  The lists are
+ * the index's own.
+ */
+size_t pol_index_lookup(const struct pol_index *ix, enum pol_stage st,
+    const struct pol_subject *subj, struct pol_list *lists);
+
 /* What a rate limit counts per. */
 enum pol_rl_key {
 	POL_RLK_CLIENT_IP,		/* the client's address */
@@ -258,6 +327,9 @@ struct policy {
 	const size_t		*stage_rules[POL__STAGES];
 	size_t			 nstage_rules[POL__STAGES];	/* entries in
 							 * stage_rules[] */
+	const struct pol_index	*index;		/* the rules of each stage,
+						 * filed for lookups (never
+						 * NULL) */
 };
 
 /*

@@ -1,0 +1,283 @@
+/*
+ * ruleindex.c: the rules of each stage, filed so that a stage finds the
+ * few that may match a session instead of trying a thousand.
+ *
+ * Each rule is filed once, under the first of these that it has:
+ *   - an ASCII literal on the header, recipient, sender, HELO name or
+ *     reverse name: in one hash table of (stage, key, lowercased literal)
+ *     -> the rules' indexes; a literal matches its whole subject, ignoring
+ *     ASCII case, so only the rules filed under the subject's own text can
+ *     match;
+ *   - a client network list: in the stage's cidr_map, which gives the
+ *     rules whose networks hold the client's address;
+ *   - a header regex that can only match lines of one field name
+ *     ("/^Subject:.../"): in the hash table under (stage, header name,
+ *     that name);
+ *   - otherwise: in the stage's list of rules tried at every turn.
+ * The rest of a rule's matchers are the caller's business: it runs them
+ * all on each rule it tries.  Every list is in rule (file) order.
+ */
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "policy.h"
+#include "yamlutil.h"
+
+#define FNV_OFFSET	2166136261u	/* FNV-1a 32-bit offset basis */
+#define FNV_PRIME	16777619u	/* FNV-1a 32-bit prime */
+
+/* How a rule is filed, besides the keys (enum pol_key). */
+#define IDX_NETS	POL_KEY__COUNT		/* under its networks */
+#define IDX_LINEAR	(POL_KEY__COUNT + 1)	/* not: always tried */
+
+/* One (stage, key, text) of the hash table; an empty slot has NULL text. */
+struct idx_ent {
+	const char	*text;		/* the key's text, lowercased; in
+					 * pol_index.pool */
+	uint32_t	 hash;		/* idx_hash() of stage, key and text */
+	uint32_t	 len;		/* length of text */
+	uint32_t	 off;		/* its rules: pol_index.ids[off ...] */
+	uint32_t	 n;		/* how many */
+	uint8_t		 stage;		/* enum pol_stage */
+	uint8_t		 key;		/* enum pol_key */
+};
+
+/* What a stage looks up. */
+struct idx_stage {
+	unsigned		 keys;		/* 1 << POL_KEY_*: the keys some
+						 * rule of the stage is filed
+						 * under */
+	const uint32_t		*linear;	/* the rules tried at every turn,
+						 * in pol_index.ids */
+	size_t			 nlinear;	/* how many */
+	struct cidr_map		*nets;		/* the rules filed under their
+						 * networks (ids: the rules'
+						 * indexes), or NULL */
+};
+
+struct pol_index {
+	struct idx_stage	 st[POL__STAGES];	/* per stage */
+	struct idx_ent		*tab;		/* the hash table */
+	size_t			 mask;		/* its size - 1 (a power of 2) */
+	uint32_t		*ids;		/* the rule lists, one after
+						 * another */
+	char			*pool;		/* the keys' texts */
+};
+
+/* Returns c lowercased if it is an ASCII capital, else c. */
+static unsigned char
+idx_lower(unsigned char c)
+{
+	return c >= 'A' && c <= 'Z' ? (unsigned char)(c - 'A' + 'a') : c;
+}
+
+/* Returns the hash of stage st, key k and s (len octets), lowercased. */
+static uint32_t
+idx_hash(unsigned st, unsigned k, const char *s, size_t len)
+{
+	uint32_t	 h = (FNV_OFFSET ^ (st << 3 | k)) * FNV_PRIME;
+	size_t		 i;
+
+	for (i = 0; i < len; i++)
+		h = (h ^ idx_lower((unsigned char)s[i])) * FNV_PRIME;
+	return h;
+}
+
+/*
+ * Returns the slot of (st, k, s) (len octets, any case; hash h), or the
+ * empty slot where it would go.
+ */
+static struct idx_ent *
+idx_slot(const struct pol_index *ix, unsigned st, unsigned k, const char *s,
+    size_t len, uint32_t h)
+{
+	struct idx_ent	*e;
+	size_t		 i, j;
+
+	for (i = h & ix->mask; ; i = (i + 1) & ix->mask) {
+		e = &ix->tab[i];
+		if (e->text == NULL)
+			return e;
+		if (e->hash != h || e->len != len || e->stage != st ||
+		    e->key != k)
+			continue;
+		for (j = 0; j < len; j++)
+			if (idx_lower((unsigned char)s[j]) !=
+			    (unsigned char)e->text[j])
+				break;
+		if (j == len)
+			return e;
+	}
+}
+
+/*
+ * Returns how rule r is filed: a key (with its text in *text, *len
+ * octets), IDX_NETS or IDX_LINEAR.
+ */
+static unsigned
+idx_file(const struct pol_rule *r, const char **text, size_t *len)
+{
+	const struct pol_match	*m = &r->match;
+	const struct {
+		const struct pattern	*p;
+		enum pol_key		 key;
+	} lits[] = {
+		/* The fields that vary most first: the most selective. */
+		{ m->header, POL_KEY_HEADER },
+		{ m->recipient, POL_KEY_RECIPIENT },
+		{ m->sender, POL_KEY_SENDER },
+		{ m->helo, POL_KEY_HELO },
+		{ m->client_name, POL_KEY_CLIENT_NAME },
+	};
+	size_t			 i;
+
+	for (i = 0; i < sizeof(lits) / sizeof(lits[0]); i++)
+		if ((*text = pattern_literal(lits[i].p, len)) != NULL)
+			return lits[i].key;
+	if (m->client_net != NULL)
+		return IDX_NETS;
+	if ((*text = pattern_line_name(m->header, len)) != NULL)
+		return POL_KEY_HEADER_NAME;
+	return IDX_LINEAR;
+}
+
+struct pol_index *
+pol_index_new(const struct pol_rule *rules, size_t nrules,
+    const size_t *const *stage_rules, const size_t *nstage_rules)
+{
+	struct pol_index	 *ix;
+	struct idx_ent		**where, *e;
+	const struct cidr_set	**sets;
+	const char		 *text;
+	uint32_t		 *netids, *lin;
+	size_t			  s, j, i, len, nkeyed = 0, pool = 0, size = 1;
+	size_t			  n, off, nnets;
+	uint32_t		  h;
+	unsigned		  how;
+
+	if ((ix = calloc(1, sizeof(*ix))) == NULL ||
+	    (where = calloc(nrules + 1, sizeof(*where))) == NULL ||
+	    (ix->ids = calloc(nrules + 1, sizeof(*ix->ids))) == NULL ||
+	    (sets = calloc(nrules + 1, sizeof(*sets))) == NULL ||
+	    (netids = calloc(nrules + 1, sizeof(*netids))) == NULL)
+		yu_oom();
+	for (s = 0; s < POL__STAGES; s++)
+		for (j = 0; j < nstage_rules[s]; j++)
+			if (idx_file(&rules[stage_rules[s][j]], &text, &len) <
+			    POL_KEY__COUNT) {
+				nkeyed++;
+				pool += len + 1;
+			}
+	/* At most half full, so that probes stay short. */
+	while (size < 2 * nkeyed + 2)
+		size *= 2;
+	if ((ix->tab = calloc(size, sizeof(*ix->tab))) == NULL ||
+	    (ix->pool = malloc(pool + 1)) == NULL)
+		yu_oom();
+	ix->mask = size - 1;
+
+	/* The keys, and how many rules each has. */
+	pool = 0;
+	for (s = 0; s < POL__STAGES; s++)
+		for (j = 0; j < nstage_rules[s]; j++) {
+			i = stage_rules[s][j];
+			if ((how = idx_file(&rules[i], &text, &len)) >=
+			    POL_KEY__COUNT)
+				continue;
+			h = idx_hash((unsigned)s, how, text, len);
+			if ((e = idx_slot(ix, (unsigned)s, how, text, len,
+			    h))->text == NULL) {
+				for (n = 0; n < len; n++)
+					ix->pool[pool + n] = (char)idx_lower(
+					    (unsigned char)text[n]);
+				ix->pool[pool + len] = '\0';
+				e->text = ix->pool + pool;
+				pool += len + 1;
+				e->hash = h;
+				e->len = (uint32_t)len;
+				e->stage = (uint8_t)s;
+				e->key = (uint8_t)how;
+				ix->st[s].keys |= 1u << how;
+			}
+			e->n++;
+			where[i] = e;
+		}
+	/* Each key's place in ids; n counts again as they are filled. */
+	for (off = 0, j = 0; j < size; j++) {
+		ix->tab[j].off = (uint32_t)off;
+		off += ix->tab[j].n;
+		ix->tab[j].n = 0;
+	}
+	/* Then each stage's rules: in file order, so each list is too. */
+	for (s = 0; s < POL__STAGES; s++) {
+		lin = ix->ids + off;
+		nnets = 0;
+		for (j = 0; j < nstage_rules[s]; j++) {
+			i = stage_rules[s][j];
+			if ((e = where[i]) != NULL)
+				ix->ids[e->off + e->n++] = (uint32_t)i;
+			else if (idx_file(&rules[i], &text, &len) == IDX_NETS) {
+				sets[nnets] = rules[i].match.client_net;
+				netids[nnets++] = (uint32_t)i;
+			} else
+				lin[ix->st[s].nlinear++] = (uint32_t)i;
+		}
+		ix->st[s].linear = lin;
+		off += ix->st[s].nlinear;
+		if (nnets > 0 && (ix->st[s].nets = cidr_map_new(sets, netids,
+		    nnets)) == NULL)
+			yu_oom();
+	}
+	free(where);
+	free(sets);
+	free(netids);
+	return ix;
+}
+
+void
+pol_index_free(struct pol_index *ix)
+{
+	size_t	 s;
+
+	if (ix == NULL)
+		return;
+	for (s = 0; s < POL__STAGES; s++)
+		cidr_map_free(ix->st[s].nets);
+	free(ix->tab);
+	free(ix->ids);
+	free(ix->pool);
+	free(ix);
+}
+
+size_t
+pol_index_lookup(const struct pol_index *ix, enum pol_stage st,
+    const struct pol_subject *subj, struct pol_list *lists)
+{
+	const struct idx_stage	*si = &ix->st[st];
+	const struct idx_ent	*e;
+	const uint32_t		*ids;
+	unsigned		 k, keys;
+	size_t			 n = 0, c;
+
+	if (si->nlinear > 0) {
+		lists[n].v = si->linear;
+		lists[n++].n = si->nlinear;
+	}
+	for (k = 0, keys = si->keys; keys != 0; k++, keys >>= 1) {
+		if (!(keys & 1) || subj->v[k] == NULL)
+			continue;
+		e = idx_slot(ix, st, k, subj->v[k], subj->len[k],
+		    idx_hash(st, k, subj->v[k], subj->len[k]));
+		if (e->text != NULL) {
+			lists[n].v = ix->ids + e->off;
+			lists[n++].n = e->n;
+		}
+	}
+	if (si->nets != NULL &&
+	    (c = cidr_map_lookup(si->nets, subj->addr, &ids)) > 0) {
+		lists[n].v = ids;
+		lists[n++].n = c;
+	}
+	return n;
+}
