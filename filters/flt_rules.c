@@ -37,7 +37,7 @@ flt_rules_hook(enum flt_stage st, const struct flt_env *env,
 	if (ps == POL__STAGES || pol->nstage_rules[ps] == 0)
 		return FLT_CONTINUE;
 	flt__subject(env, &subj);
-	n = pol_index_lookup(pol->index, ps, &subj, lists);
+	n = pol_index_lookup(pol->index, ps, &subj, env->scratch, lists);
 	while (n > 0) {
 		/* The lowest index of the lists' heads: file order. */
 		for (best = 0, j = 1; j < n; j++)

@@ -81,11 +81,19 @@ struct pattern {
 					 * literal), or NULL for an ASCII
 					 * literal */
 	int		 jit;		/* re has JIT code: use the fast path */
+	int		 fail_matches;	/* a failure to run (a match limit)
+					 * counts as a match: a join */
+	uint32_t	 opts;		/* regex: the flags it was compiled
+					 * with (PCRE2_CASELESS, ...) */
+	const char	*src;		/* regex that pattern_join() takes: its
+					 * text, in lit after the line name;
+					 * else NULL */
+	size_t		 srclen;	/* its length */
 	size_t		 len;		/* ASCII literal: its length; regex:
 					 * the length of its line name, or 0 */
 	char		 lit[];		/* ASCII literal: its text; regex: the
 					 * line name (pattern_line_name()),
-					 * lowercased */
+					 * lowercased, then src */
 };
 
 /* A network of one of a cidr_map's sets: the ranges' edges, swept. */
@@ -743,6 +751,49 @@ pat_line_name(const char *re, size_t len, uint32_t opts)
 }
 
 /*
+ * Returns nonzero when the regex re (len octets, compiled with opts) means
+ * the same as an alternative "(?flags:re)" of a larger regex.  It does not
+ * when it refers to groups by number or name, since they are numbered
+ * anew there (backreferences, subroutine calls, conditions, named groups),
+ * when it has verbs or start options ("(*"), which act on the whole match,
+ * or callouts, or when it could run past its end: \Q, or '#' and the x
+ * flag (comments to the end of the line).  The scan is deliberately
+ * simple, so a few regexes that could are refused too.
+ */
+static int
+pat_joinable(const char *re, size_t len, uint32_t opts)
+{
+	size_t	 i;
+
+	if (opts & (PCRE2_EXTENDED | PCRE2_LITERAL))
+		return 0;
+	for (i = 0; i < len; i++) {
+		if (re[i] == '#')
+			return 0;
+		if (re[i] == '\\') {
+			if (++i < len && strchr("QE123456789gk", re[i]) != NULL &&
+			    re[i] != '\0')
+				return 0;
+			continue;
+		}
+		if (re[i] != '(' || i + 1 >= len)
+			continue;
+		if (re[i + 1] == '*')
+			return 0;
+		if (re[i + 1] != '?' || i + 2 >= len)
+			continue;
+		if (strchr("P&R(C'0123456789+", re[i + 2]) != NULL &&
+		    re[i + 2] != '\0')
+			return 0;
+		if ((re[i + 2] == '-' || re[i + 2] == '<') && i + 3 < len &&
+		    re[i + 3] != '=' && re[i + 3] != '!' &&
+		    (re[i + 2] == '<' || (re[i + 3] >= '0' && re[i + 3] <= '9')))
+			return 0;
+	}
+	return 1;
+}
+
+/*
  * Returns a new pattern of the regex re (len octets) compiled with PCRE2
  * options opts, in UTF-8 mode when re is valid UTF-8, and JIT-compiled if
  * the library can.  Returns NULL with PCRE2's message and the offset in
@@ -756,15 +807,18 @@ pat_compile(const char *re, size_t len, uint32_t opts, char *err,
 	PCRE2_UCHAR	 msg[160];
 	PCRE2_SIZE	 off;
 	size_t		 name = pat_line_name(re, len, opts), i;
-	int		 ec;
+	uint32_t	 args = 0;
+	int		 ec, join = pat_joinable(re, len, opts);
 
-	if ((p = calloc(1, sizeof(*p) + name + 1)) == NULL) {
+	if ((p = calloc(1, sizeof(*p) + name + 1 + (join ? len + 1 : 0))) ==
+	    NULL) {
 		snprintf(err, errsize, "out of memory");
 		return NULL;
 	}
 	for (i = 0; i < name; i++)
 		p->lit[i] = (char)m_lower((unsigned char)re[1 + i]);
 	p->len = name;
+	p->opts = opts;
 	/* MATCH_INVALID_UTF: subjects from the network may be any octets,
 	 * and the JIT fast path does not check them. */
 	p->re = pcre2_compile((PCRE2_SPTR)re, len,
@@ -783,6 +837,62 @@ pat_compile(const char *re, size_t len, uint32_t opts, char *err,
 	}
 	/* No JIT (not built in, or no executable memory): interpreter. */
 	p->jit = pcre2_jit_compile(p->re, PCRE2_JIT_COMPLETE) == 0;
+	/* A join is compiled in UTF-8 mode: only regexes that are. */
+	if (join && pcre2_pattern_info(p->re, PCRE2_INFO_ARGOPTIONS, &args) ==
+	    0 && (args & PCRE2_UTF)) {
+		memcpy(p->lit + name + 1, re, len);
+		p->src = p->lit + name + 1;
+		p->srclen = len;
+	}
+	return p;
+}
+
+int
+pattern_joinable(const struct pattern *p)
+{
+	return p != NULL && p->src != NULL;
+}
+
+struct pattern *
+pattern_join(const struct pattern *const *v, size_t n)
+{
+	struct pattern	*p;
+	char		*text, *t;
+	size_t		 i, len = 0;
+	PCRE2_SIZE	 off;
+	int		 ec;
+
+	for (i = 0; i < n; i++) {
+		if (v[i] == NULL || v[i]->src == NULL)
+			return NULL;
+		len += v[i]->srclen + sizeof("|(?ims:)");
+	}
+	if (n == 0 || (text = malloc(len + 1)) == NULL)
+		return NULL;
+	/* "(?i:a)|(?:b)|...": each with its own flags, none leaking out. */
+	for (i = 0, t = text; i < n; i++) {
+		if (i > 0)
+			*t++ = '|';
+		t += sprintf(t, "(?%s%s%s:", v[i]->opts & PCRE2_CASELESS ? "i" :
+		    "", v[i]->opts & PCRE2_MULTILINE ? "m" : "",
+		    v[i]->opts & PCRE2_DOTALL ? "s" : "");
+		memcpy(t, v[i]->src, v[i]->srclen);
+		t += v[i]->srclen;
+		*t++ = ')';
+	}
+	if ((p = calloc(1, sizeof(*p) + 1)) == NULL) {
+		free(text);
+		return NULL;
+	}
+	p->re = pcre2_compile((PCRE2_SPTR)text, (size_t)(t - text),
+	    PCRE2_UTF | PCRE2_MATCH_INVALID_UTF, &ec, &off, NULL);
+	free(text);
+	if (p->re == NULL) {
+		free(p);
+		return NULL;
+	}
+	p->jit = pcre2_jit_compile(p->re, PCRE2_JIT_COMPLETE) == 0;
+	p->fail_matches = 1;
 	return p;
 }
 
@@ -920,5 +1030,5 @@ pattern_match(const struct pattern *p, const char *subject, size_t len,
 		rc = pcre2_match(p->re, (PCRE2_SPTR)subject, len, 0, 0, sc->md,
 		    sc->mctx);
 	/* 0 would mean a match with too small an ovector: still a match. */
-	return rc >= 0;
+	return rc >= 0 || (p->fail_matches && rc != PCRE2_ERROR_NOMATCH);
 }

@@ -130,6 +130,21 @@ const char *pattern_literal(const struct pattern *p, size_t *len);
  */
 const char *pattern_line_name(const struct pattern *p, size_t *len);
 
+/*
+ * Returns a regex matching every subject that one of the n regexes of v
+ * matches: their alternative, each with its own flags (a prefilter: the
+ * subjects it matches are those the regexes may match).  A failure to run
+ * (a match limit) counts as a match.  Returns NULL when n is 0, when one
+ * of v cannot be joined (a literal; a regex referring to its groups by
+ * number or name, with verbs, callouts, \Q or comments to the end of the
+ * line, or not in UTF-8 mode), or when the join does not compile.  The
+ * caller frees it with pattern_free().
+ */
+struct pattern *pattern_join(const struct pattern *const *v, size_t n);
+
+/* Nonzero when p is a regex that pattern_join() can join. */
+int pattern_joinable(const struct pattern *p);
+
 /* Scratch space for pattern_match(); one per thread (PCRE2 match data). */
 struct pattern_scratch;
 
@@ -238,9 +253,12 @@ struct pol_list {
 	size_t		 n;		/* how many */
 };
 
-/* The most lists a lookup gives: one per key, the networks' and the
- * rules that are not filed. */
-#define POL_LISTS_MAX	(POL_KEY__COUNT + 2)
+/* The most joins of regexes a stage has (see pol_index_lookup). */
+#define POL_JOINS_MAX	16
+
+/* The most lists a lookup gives: one per key, the networks', the rules
+ * that are not filed and each join's. */
+#define POL_LISTS_MAX	(POL_KEY__COUNT + 2 + POL_JOINS_MAX)
 
 struct pol_index;
 
@@ -259,10 +277,14 @@ void pol_index_free(struct pol_index *ix);
  * Fills lists (POL_LISTS_MAX entries) with the rules of stage st that may
  * match subj, and returns how many lists it filled (none empty).  Every
  * rule of the stage that matches subj is in one of them.  The lists are
- * the index's own.
+ * the index's own.  The rules that are not filed are tried in groups: the
+ * rules with a regex on the same key, up to 32 of them, have their
+ * regexes joined (pattern_join()), and the group is left out when the
+ * join does not match; scratch is for running the joins.
  */
 size_t pol_index_lookup(const struct pol_index *ix, enum pol_stage st,
-    const struct pol_subject *subj, struct pol_list *lists);
+    const struct pol_subject *subj, struct pattern_scratch *scratch,
+    struct pol_list *lists);
 
 /* What a rate limit counts per. */
 enum pol_rl_key {

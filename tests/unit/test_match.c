@@ -7,7 +7,10 @@
  * that merely end in the same letters) and patterns (regexes with each
  * flag, literals, UTF-8, invalid input).  CIDR maps are checked against
  * their sets, one by one, on random maps of a fixed seed; regexes' line
- * names on a table of the cases the scan must see through or refuse.
+ * names on a table of the cases the scan must see through or refuse;
+ * joins of regexes on a table of which may be joined, and by matching
+ * subjects against subsets of regexes with every flag, joined and one by
+ * one.
  */
 
 #include <sys/un.h>
@@ -760,6 +763,112 @@ test_line_names(void)
 	pattern_scratch_free(sc);
 }
 
+/* ---- Joins --------------------------------------------------------------- */
+
+static const struct join_case {
+	const char	*text;		/* the pattern */
+	int		 joinable;	/* pattern_joinable() */
+} join_cases[] = {
+	{ "/a/", 1 },
+	{ "/a/ims", 1 },
+	{ "/(?<=a)b(?<!c)/", 1 },
+	{ "/(?-i)a(?i:b)/", 1 },
+	{ "/(?|(a)|(b))c/", 1 },
+	{ "/a\\\\1/", 1 },		/* an escaped backslash, then "1" */
+	{ "/\\x{e9}\\d/", 1 },
+	{ "/a/x", 0 },			/* comments to the end of the line */
+	{ "/a#b/", 0 },
+	{ "/(?#c)a/", 0 },
+	{ "/\\Qa|b\\E/", 0 },
+	{ "/(a)\\1/", 0 },		/* groups by number or name */
+	{ "/(a)\\g1/", 0 },
+	{ "/(?<n>a)\\k<n>/", 0 },
+	{ "/(?<n>a)/", 0 },
+	{ "/(?'n'a)/", 0 },
+	{ "/(?P<n>a)/", 0 },
+	{ "/(a)(?-1)/", 0 },
+	{ "/(?1)(a)/", 0 },
+	{ "/(?+1)(a)/", 0 },
+	{ "/a(?R)?b/", 0 },
+	{ "/(?(1)a|b)(c)/", 0 },
+	{ "/(?&n)(?<n>a)/", 0 },
+	{ "/(*COMMIT)a/", 0 },		/* verbs, start options, callouts */
+	{ "/(*UTF)a/", 0 },
+	{ "/(?C1)a/", 0 },
+	{ "/[(*]/", 0 },		/* refused though harmless */
+	{ "literal", 0 },
+	{ "non-ASCII é", 0 },
+	{ "/\xff/", 0 },		/* not UTF-8: not in UTF-8 mode */
+};
+
+/* Regexes with each flag, and subjects: a join of any of them matches a
+ * subject when one of them does. */
+static const char *const join_res[] = {
+	"/^abc$/", "/B+C/i", "/x.y/s", "/^q$/m", "/(?i)z/", "/é/",
+	"/(a|b)c/", "/^$/", "/a(?i)B/", "/^(?:dyn|pool)\\d+\\./",
+};
+static const char *const join_subjects[] = {
+	"abc", "ABC", "xbbcx", "x\ny", "xy", "a\nq\n", "q", "Z", "é", "\xc3",
+	"bc", "", "nothing", "aB", "Ab", "pool12.example", "POOL12.x",
+	"\xff\xfe" "abc",
+};
+
+/* pattern_joinable() of each case of join_cases[]; what joins match. */
+static void
+test_joins(void)
+{
+	struct pattern_scratch	*sc = pattern_scratch_new();
+	struct pattern		*v[NELEM(join_res)], *j, *p;
+	const struct join_case	*t;
+	char			 err[256];
+	size_t			 i, k, n, mask, bad = 0;
+	int			 any;
+
+	for (i = 0; i < NELEM(join_cases); i++) {
+		t = &join_cases[i];
+		p = pattern_new(t->text, strlen(t->text), err, sizeof(err));
+		CHECKF(p != NULL, "%s: %s", t->text, err);
+		CHECKF(pattern_joinable(p) == t->joinable, "%s: joinable %d",
+		    t->text, pattern_joinable(p));
+		j = pattern_join((const struct pattern *const *)&p, 1);
+		CHECKF((j != NULL) == t->joinable, "%s: joined", t->text);
+		pattern_free(j);
+		pattern_free(p);
+	}
+	for (i = 0; i < NELEM(join_res); i++) {
+		v[i] = pattern_new(join_res[i], strlen(join_res[i]), err,
+		    sizeof(err));
+		CHECKF(v[i] != NULL && pattern_joinable(v[i]), "%s: %s",
+		    join_res[i], err);
+	}
+	/* Joins of every other subset, on every subject. */
+	for (mask = 1; mask < (1u << NELEM(join_res)); mask += 3) {
+		const struct pattern	*sub[NELEM(join_res)];
+
+		for (i = n = 0; i < NELEM(join_res); i++)
+			if (mask & (1u << i))
+				sub[n++] = v[i];
+		if ((j = pattern_join(sub, n)) == NULL) {
+			bad++;
+			continue;
+		}
+		for (k = 0; k < NELEM(join_subjects); k++) {
+			const char *s = join_subjects[k];
+
+			for (i = 0, any = 0; i < n && !any; i++)
+				any = pattern_match(sub[i], s, strlen(s), sc);
+			bad += pattern_match(j, s, strlen(s), sc) != any;
+		}
+		pattern_free(j);
+	}
+	CHECKF(bad == 0, "%zu joins matched otherwise", bad);
+	CHECK(pattern_join(NULL, 0) == NULL);
+	CHECK(!pattern_joinable(NULL));
+	for (i = 0; i < NELEM(join_res); i++)
+		pattern_free(v[i]);
+	pattern_scratch_free(sc);
+}
+
 int
 main(void)
 {
@@ -771,5 +880,6 @@ main(void)
 	test_patterns();
 	test_cidr_map();
 	test_line_names();
+	test_joins();
 	TEST_DONE();
 }

@@ -62,22 +62,26 @@ static const char *const p_name[] = {
 };
 static const char *const p_helo[] = {
 	"bad.example", "BAD.example", "good.example", "[192.0.2.7]",
-	"/^bad/i", "/example$/", "/^\\[/",
+	"/^bad/i", "/example$/", "/^\\[/", "/^good\\.EXAMPLE$/i",
+	"/x$|^\\[1/s",
 };
 static const char *const p_sender[] = {
 	"a@spam.test", "A@SPAM.test", "b@ok.test", "c@Ok.Test",
-	"/@spam\\.test$/i", "/^b@/", "/^$/",
+	"/@spam\\.test$/i", "/^b@/", "/^$/", "/^(b)\\1?@/",
+	"/(*NO_START_OPT)c@/i", "/OK\\.TEST$/i",
 };
 static const char *const p_rcpt[] = {
 	"u@example.test", "U@EXAMPLE.TEST", "v@example.test", "Postmaster",
-	"/^u@/i", "/example\\.test$/",
+	"/^u@/i", "/example\\.test$/", "/^v@/m", "/(?<who>u)@/",
+	"/^postmaster$/i",
 };
 static const char *const p_header[] = {
 	"Subject: hello", "SUBJECT: Hello", "X-Mailer: Bulk 5", "Subject:",
 	"NoColon", "/^Subject:.*win/i", "/^subject:.*hello/",
 	"/^X-Mailer:\\s*bulk/i", "/^Subject:a|hello/", "/money/",
 	"/^From:.*spam/", "/^X-Spam:/", "/^Subject:x/m", "/^(?i)to:/",
-	"/^Subject:(win|lose)/",
+	"/^Subject:(win|lose)/", "/money$/m", "/(?i)X-NOTE: a/",
+	"/line$/", "/hello/i",
 };
 static const char *const p_actions[] = {
 	"warn", "warn", "warn", "accept", "reject", "tempfail", "refuse",
