@@ -280,7 +280,8 @@ void pol_index_free(struct pol_index *ix);
  * the index's own.  The rules that are not filed are tried in groups: the
  * rules with a regex on the same key, up to 32 of them, have their
  * regexes joined (pattern_join()), and the group is left out when the
- * join does not match; scratch is for running the joins.
+ * join does not match; so are the header regexes filed under one line
+ * name.  scratch is for running the joins.
  */
 size_t pol_index_lookup(const struct pol_index *ix, enum pol_stage st,
     const struct pol_subject *subj, struct pattern_scratch *scratch,

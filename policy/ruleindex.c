@@ -12,7 +12,7 @@
  *     rules whose networks hold the client's address;
  *   - a header regex that can only match lines of one field name
  *     ("/^Subject:.../"): in the hash table under (stage, header name,
- *     that name);
+ *     that name), where the regexes of one name are joined as below;
  *   - otherwise: in the stage's list of rules tried at every turn; but
  *     the rules with a regex on the same key (the first of the header,
  *     recipient, sender, HELO name and reverse name that has one it can
@@ -49,6 +49,10 @@ struct idx_ent {
 	uint32_t	 n;		/* how many */
 	uint8_t		 stage;		/* enum pol_stage */
 	uint8_t		 key;		/* enum pol_key */
+	struct pattern	*join;		/* POL_KEY_HEADER_NAME: the join of
+					 * its rules' header regexes (the
+					 * rules are left out when it does
+					 * not match), or NULL */
 };
 
 /* A group of the rules tried at every turn, and the join of their
@@ -264,6 +268,29 @@ idx_group(struct pol_index *ix, unsigned st, const struct pol_rule *rules,
 	return left;
 }
 
+/*
+ * Joins the header regexes of each header name's rules (rules as in
+ * pol_index_new()), for the names with two of them to IDX_JOIN_MAX.
+ */
+static void
+idx_join_names(struct pol_index *ix, const struct pol_rule *rules)
+{
+	const struct pattern	*pats[IDX_JOIN_MAX];
+	struct idx_ent		*e;
+	size_t			 i, j;
+
+	for (i = 0; i <= ix->mask; i++) {
+		e = &ix->tab[i];
+		if (e->text == NULL || e->key != POL_KEY_HEADER_NAME ||
+		    e->n < 2 || e->n > IDX_JOIN_MAX)
+			continue;
+		for (j = 0; j < e->n; j++)
+			pats[j] = rules[ix->ids[e->off + j]].match.header;
+		/* NULL (one cannot be joined): the rules are always tried. */
+		e->join = pattern_join(pats, e->n);
+	}
+}
+
 struct pol_index *
 pol_index_new(const struct pol_rule *rules, size_t nrules,
     const size_t *const *stage_rules, const size_t *nstage_rules)
@@ -354,6 +381,7 @@ pol_index_new(const struct pol_rule *rules, size_t nrules,
 		    nnets)) == NULL)
 			yu_oom();
 	}
+	idx_join_names(ix, rules);
 	free(where);
 	free(sets);
 	free(netids);
@@ -372,6 +400,8 @@ pol_index_free(struct pol_index *ix)
 		for (j = 0; j < ix->st[s].njoins; j++)
 			pattern_free(ix->st[s].joins[j].join);
 	}
+	for (j = 0; j <= ix->mask; j++)
+		pattern_free(ix->tab[j].join);
 	free(ix->tab);
 	free(ix->ids);
 	free(ix->pool);
@@ -406,7 +436,9 @@ pol_index_lookup(const struct pol_index *ix, enum pol_stage st,
 			continue;
 		e = idx_slot(ix, st, k, subj->v[k], subj->len[k],
 		    idx_hash(st, k, subj->v[k], subj->len[k]));
-		if (e->text != NULL) {
+		if (e->text != NULL && (e->join == NULL ||
+		    pattern_match(e->join, subj->v[POL_KEY_HEADER],
+		    subj->len[POL_KEY_HEADER], scratch))) {
 			lists[n].v = ix->ids + e->off;
 			lists[n++].n = e->n;
 		}
