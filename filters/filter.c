@@ -45,42 +45,91 @@ flt_stage_name(enum flt_stage st)
 	return flt_stage_names[st];
 }
 
-/* Matches p against a path's mailbox ("" for the null path). */
-static int
-flt_match_path(const struct pattern *p, const struct smtp_path *path,
-    struct pattern_scratch *scratch)
+/* Sets subj's key k to the mailbox of path ("" for the null path), or to
+ * none without a path. */
+static void
+flt_subject_path(struct pol_subject *subj, enum pol_key k,
+    const struct smtp_path *path)
 {
 	if (path == NULL)
-		return 0;
-	if (path->mailbox == NULL)
-		return pattern_match(p, "", 0, scratch);
-	return pattern_match(p, path->mailbox, path->mailboxlen, scratch);
+		subj->v[k] = NULL;
+	else if (path->mailbox == NULL)
+		subj->v[k] = "";
+	else
+		subj->v[k] = path->mailbox;
+	subj->len[k] = path != NULL && path->mailbox != NULL ?
+	    path->mailboxlen : 0;
 }
 
-static int
-flt_match_str(const struct pattern *p, const char *s,
-    struct pattern_scratch *scratch)
+/* Sets subj's key k to s, or to "" when s is NULL. */
+static void
+flt_subject_str(struct pol_subject *subj, enum pol_key k, const char *s)
 {
-	return pattern_match(p, s ? s : "", s ? strlen(s) : 0, scratch);
+	subj->v[k] = s != NULL ? s : "";
+	subj->len[k] = s != NULL ? strlen(s) : 0;
+}
+
+void
+flt__subject(const struct flt_env *env, struct pol_subject *subj)
+{
+	const char	*colon;
+
+	subj->addr = env->addr;
+	subj->addr_text = env->addr_text != NULL ? env->addr_text : "";
+	subj->addr_textlen = strlen(subj->addr_text);
+	flt_subject_str(subj, POL_KEY_CLIENT_NAME, env->client_name);
+	flt_subject_str(subj, POL_KEY_HELO, env->helo);
+	flt_subject_path(subj, POL_KEY_SENDER, env->sender);
+	flt_subject_path(subj, POL_KEY_RECIPIENT, env->rcpt);
+	subj->v[POL_KEY_HEADER] = env->header;
+	subj->len[POL_KEY_HEADER] = env->header != NULL ? env->headerlen : 0;
+	/* The field name: before the first colon, if the line has one. */
+	colon = env->header != NULL ?
+	    memchr(env->header, ':', env->headerlen) : NULL;
+	subj->v[POL_KEY_HEADER_NAME] = colon != NULL ? env->header : NULL;
+	subj->len[POL_KEY_HEADER_NAME] = colon != NULL ?
+	    (size_t)(colon - env->header) : 0;
+}
+
+/* Matches p against subj's key k; a key the session lacks does not
+ * match. */
+static int
+flt_match_key(const struct pattern *p, const struct pol_subject *subj,
+    enum pol_key k, struct pattern_scratch *scratch)
+{
+	return subj->v[k] != NULL &&
+	    pattern_match(p, subj->v[k], subj->len[k], scratch);
+}
+
+int
+flt__match(const struct pol_match *m, const struct flt_env *env,
+    const struct pol_subject *subj)
+{
+	struct pattern_scratch *sc = env->scratch;
+
+	return (m->client_net == NULL ||
+	    cidr_set_match(m->client_net, subj->addr)) &&
+	    (m->client == NULL || pattern_match(m->client, subj->addr_text,
+	    subj->addr_textlen, sc)) &&
+	    (m->client_name == NULL || flt_match_key(m->client_name, subj,
+	    POL_KEY_CLIENT_NAME, sc)) &&
+	    (m->helo == NULL || flt_match_key(m->helo, subj, POL_KEY_HELO,
+	    sc)) &&
+	    (m->sender == NULL || flt_match_key(m->sender, subj,
+	    POL_KEY_SENDER, sc)) &&
+	    (m->recipient == NULL || flt_match_key(m->recipient, subj,
+	    POL_KEY_RECIPIENT, sc)) &&
+	    (m->header == NULL || flt_match_key(m->header, subj,
+	    POL_KEY_HEADER, sc));
 }
 
 int
 flt_match(const struct pol_match *m, const struct flt_env *env)
 {
-	struct pattern_scratch *sc = env->scratch;
+	struct pol_subject subj;
 
-	return (m->client_net == NULL ||
-	    cidr_set_match(m->client_net, env->addr)) &&
-	    (m->client == NULL ||
-	    flt_match_str(m->client, env->addr_text, sc)) &&
-	    (m->client_name == NULL ||
-	    flt_match_str(m->client_name, env->client_name, sc)) &&
-	    (m->helo == NULL || flt_match_str(m->helo, env->helo, sc)) &&
-	    (m->sender == NULL || flt_match_path(m->sender, env->sender, sc)) &&
-	    (m->recipient == NULL ||
-	    flt_match_path(m->recipient, env->rcpt, sc)) &&
-	    (m->header == NULL || (env->header != NULL &&
-	    pattern_match(m->header, env->header, env->headerlen, sc)));
+	flt__subject(env, &subj);
+	return flt__match(m, env, &subj);
 }
 
 enum flt_verdict

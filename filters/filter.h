@@ -197,6 +197,14 @@ extern const struct flt_def flt_ratelimit;
  * (the policy's rules and rate limits match this way). */
 int flt_match(const struct pol_match *m, const struct flt_env *env);
 
+/* Fills subj with what the rules match in env (pointing into it), each
+ * text's length measured once. */
+void flt__subject(const struct flt_env *env, struct pol_subject *subj);
+
+/* flt_match() with env's subject from flt__subject(). */
+int flt__match(const struct pol_match *m, const struct flt_env *env,
+    const struct pol_subject *subj);
+
 /* Fills c with the check of env's client against limits:
  * max_failures_per_client: cost 0 asks whether it is over, cost 1 counts a
  * failed command (forced: the penalty grows while it fails). */

@@ -1,8 +1,11 @@
 /*
  * flt_rules.c: the policy's rules.  At each stage, the rules placed there
- * (policy->stage_rules) are tried in file order; every matcher a rule has
- * must match.  warn logs and goes on (the dry run of a rule), accept ends
- * the stage, reject/tempfail/refuse answer with the rule's reply.
+ * are tried in file order; every matcher a rule has must match.  warn logs
+ * and goes on (the dry run of a rule), accept ends the stage,
+ * reject/tempfail/refuse answer with the rule's reply.  Only the rules the
+ * policy's index gives for the session are tried (pol_index_lookup()):
+ * the others cannot match.  Its lists are merged, so the order is still
+ * the file's.
  */
 #include <string.h>
 
@@ -27,13 +30,25 @@ flt_rules_hook(enum flt_stage st, const struct flt_env *env,
 	const struct policy	*pol = env->pol;
 	enum pol_stage		 ps = flt_rules_pol_stage[st];
 	const struct pol_rule	*r;
-	size_t			 i;
+	struct pol_subject	 subj;
+	struct pol_list		 lists[POL_LISTS_MAX];
+	size_t			 i, j, n, best;
 
-	if (ps == POL__STAGES)
+	if (ps == POL__STAGES || pol->nstage_rules[ps] == 0)
 		return FLT_CONTINUE;
-	for (i = 0; i < pol->nstage_rules[ps]; i++) {
-		r = &pol->rules[pol->stage_rules[ps][i]];
-		if (!flt_match(&r->match, env))
+	flt__subject(env, &subj);
+	n = pol_index_lookup(pol->index, ps, &subj, env->scratch, lists);
+	while (n > 0) {
+		/* The lowest index of the lists' heads: file order. */
+		for (best = 0, j = 1; j < n; j++)
+			if (lists[j].v[0] < lists[best].v[0])
+				best = j;
+		i = lists[best].v[0];
+		lists[best].v++;
+		if (--lists[best].n == 0)
+			lists[best] = lists[--n];
+		r = &pol->rules[i];
+		if (!flt__match(&r->match, env, &subj))
 			continue;
 		log_info("session=%s client=%s rule=%s action=%s stage=%s",
 		    env->session, env->addr_text, r->name,

@@ -81,8 +81,44 @@ struct pattern {
 					 * literal), or NULL for an ASCII
 					 * literal */
 	int		 jit;		/* re has JIT code: use the fast path */
-	size_t		 len;		/* ASCII literal: its length */
-	char		 lit[];		/* ASCII literal: its text */
+	int		 fail_matches;	/* a failure to run (a match limit)
+					 * counts as a match: a join */
+	uint32_t	 opts;		/* regex: the flags it was compiled
+					 * with (PCRE2_CASELESS, ...) */
+	const char	*src;		/* regex that pattern_join() takes: its
+					 * text, in lit after the line name;
+					 * else NULL */
+	size_t		 srclen;	/* its length */
+	size_t		 len;		/* ASCII literal: its length; regex:
+					 * the length of its line name, or 0 */
+	char		 lit[];		/* ASCII literal: its text; regex: the
+					 * line name (pattern_line_name()),
+					 * lowercased, then src */
+};
+
+/* A network of one of a cidr_map's sets: the ranges' edges, swept. */
+struct cidr_edge {
+	struct u128	 at;		/* first address in, or first after */
+	uint32_t	 id;		/* the set's id */
+	int		 open;		/* 1: the range starts at at; 0: it
+					 * ended just before */
+};
+
+/* Addresses from first up to the next segment's first (or the top): the
+ * ids of the sets holding each of them. */
+struct cidr_seg {
+	struct u128	 first;		/* the segment's lowest address */
+	uint32_t	 off;		/* its ids: cidr_map.ids[off ...] */
+	uint32_t	 n;		/* how many (0: none) */
+};
+
+struct cidr_map {
+	struct cidr_seg	*seg[CIDR__SLOTS];	/* per family, ascending; the
+						 * addresses below the first
+						 * segment are in no set */
+	size_t		 nseg[CIDR__SLOTS];	/* entries in seg[] */
+	uint32_t	*ids;		/* every segment's ids, ascending
+					 * within a segment */
 };
 
 struct pattern_scratch {
@@ -277,30 +313,45 @@ cidr_set_free(struct cidr_set *set)
 	free(set);
 }
 
-int
-cidr_set_match(const struct cidr_set *set, const struct sockaddr *sa)
+/*
+ * Sets *key to the address of sa as a number and returns its family's
+ * slot (CIDR_V4 for an IPv4-mapped IPv6 address too), or -1 when sa is
+ * NULL or of another family.
+ */
+static int
+cidr_key(const struct sockaddr *sa, struct u128 *key)
 {
 	const struct sockaddr_in6	*sin6;
 	const struct sockaddr_in	*sin;
-	const struct cidr_range		*r;
 	const unsigned char		*a;
+	int				 s;
+
+	if (sa == NULL)
+		return -1;
+	if (sa->sa_family == AF_INET) {
+		sin = (const struct sockaddr_in *)sa;
+		key->hi = 0;
+		key->lo = ntohl(sin->sin_addr.s_addr);
+		return CIDR_V4;
+	}
+	if (sa->sa_family != AF_INET6)
+		return -1;
+	sin6 = (const struct sockaddr_in6 *)sa;
+	a = sin6->sin6_addr.s6_addr;
+	s = IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr) ? CIDR_V4 : CIDR_V6;
+	*key = u128_addr(s == CIDR_V4 ? a + 12 : a, s == CIDR_V4);
+	return s;
+}
+
+int
+cidr_set_match(const struct cidr_set *set, const struct sockaddr *sa)
+{
+	const struct cidr_range		*r;
 	struct u128			 key;
 	size_t				 lo, hi, mid;
 	int				 s;
 
-	if (set == NULL || sa == NULL)
-		return 0;
-	if (sa->sa_family == AF_INET) {
-		sin = (const struct sockaddr_in *)sa;
-		key.hi = 0;
-		key.lo = ntohl(sin->sin_addr.s_addr);
-		s = CIDR_V4;
-	} else if (sa->sa_family == AF_INET6) {
-		sin6 = (const struct sockaddr_in6 *)sa;
-		a = sin6->sin6_addr.s6_addr;
-		s = IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr) ? CIDR_V4 : CIDR_V6;
-		key = u128_addr(s == CIDR_V4 ? a + 12 : a, s == CIDR_V4);
-	} else
+	if (set == NULL || (s = cidr_key(sa, &key)) == -1)
 		return 0;
 
 	/* The last range starting at or below key is the only candidate. */
@@ -313,6 +364,182 @@ cidr_set_match(const struct cidr_set *set, const struct sockaddr *sa)
 			hi = mid;
 	}
 	return lo > 0 && u128_cmp(key, r[lo - 1].last) <= 0;
+}
+
+/* ---- CIDR maps ---------------------------------------------------------- */
+
+/* qsort() order of edges: by address. */
+static int
+cidr_edge_cmp(const void *a, const void *b)
+{
+	const struct cidr_edge	*x = a, *y = b;
+
+	return u128_cmp(x->at, y->at);
+}
+
+/*
+ * Builds the segments of one family from the n edges of e (sorted here):
+ * between two edges the sets holding an address do not change.  Appends
+ * each segment's ids to *ids (*nids used, *idcap allocated).  Returns the
+ * segments (malloc'd; *nseg of them), or NULL when there are none.
+ */
+static struct cidr_seg *
+cidr_map_sweep(struct cidr_edge *e, size_t n, uint32_t **ids, size_t *nids,
+    size_t *idcap, size_t *nseg)
+{
+	struct cidr_seg	*seg = NULL, *tseg;
+	uint32_t	*act, *tids;
+	size_t		 i, j, k, nact = 0, segcap = 0;
+
+	*nseg = 0;
+	if (n == 0)
+		return NULL;
+	if ((act = malloc(n * sizeof(*act))) == NULL)
+		return NULL;
+	qsort(e, n, sizeof(*e), cidr_edge_cmp);
+	for (i = 0; i < n; i = j) {
+		/* Every edge at this address; a set's own ranges neither
+		 * overlap nor touch, so an id opens or closes once here. */
+		for (j = i; j < n && u128_cmp(e[j].at, e[i].at) == 0; j++) {
+			for (k = 0; k < nact && act[k] < e[j].id; k++)
+				;
+			if (e[j].open) {
+				memmove(act + k + 1, act + k,
+				    (nact - k) * sizeof(*act));
+				act[k] = e[j].id;
+				nact++;
+			} else if (k < nact && act[k] == e[j].id) {
+				memmove(act + k, act + k + 1,
+				    (nact - k - 1) * sizeof(*act));
+				nact--;
+			}
+		}
+		/* A new segment, unless the sets are those of the last. */
+		if (*nseg > 0 ? seg[*nseg - 1].n == nact &&
+		    memcmp(*ids + seg[*nseg - 1].off, act,
+		    nact * sizeof(*act)) == 0 : nact == 0)
+			continue;
+		if (*nseg == segcap) {
+			segcap = segcap ? 2 * segcap : 16;
+			if ((tseg = realloc(seg, segcap * sizeof(*seg))) == NULL)
+				goto fail;
+			seg = tseg;
+		}
+		while (*nids + nact > *idcap) {
+			*idcap = *idcap ? 2 * *idcap : 64;
+			if ((tids = realloc(*ids, *idcap * sizeof(**ids))) ==
+			    NULL)
+				goto fail;
+			*ids = tids;
+		}
+		seg[*nseg].first = e[i].at;
+		seg[*nseg].off = (uint32_t)*nids;
+		seg[*nseg].n = (uint32_t)nact;
+		memcpy(*ids + *nids, act, nact * sizeof(*act));
+		*nids += nact;
+		(*nseg)++;
+	}
+	free(act);
+	return seg;
+fail:
+	free(act);
+	free(seg);
+	*nseg = SIZE_MAX;
+	return NULL;
+}
+
+struct cidr_map *
+cidr_map_new(const struct cidr_set *const *sets, const uint32_t *ids,
+    size_t n)
+{
+	struct cidr_map		*map;
+	struct cidr_edge	*e[CIDR__SLOTS];
+	const struct cidr_range	*r;
+	size_t			 i, k, ne[CIDR__SLOTS] = { 0 };
+	size_t			 nids = 0, idcap = 0;
+	int			 s, ok = 1;
+
+	if ((map = calloc(1, sizeof(*map))) == NULL)
+		return NULL;
+	for (s = 0; s < CIDR__SLOTS; s++) {
+		for (i = k = 0; i < n; i++)
+			k += sets[i]->n[s];
+		if ((e[s] = malloc((2 * k + 1) * sizeof(*e[s]))) == NULL)
+			ok = 0;
+	}
+	for (s = 0; ok && s < CIDR__SLOTS; s++) {
+		for (i = 0; i < n; i++)
+			for (k = 0; k < sets[i]->n[s]; k++) {
+				r = &sets[i]->r[s][k];
+				e[s][ne[s]].at = r->first;
+				e[s][ne[s]].id = ids[i];
+				e[s][ne[s]++].open = 1;
+				/* It closes at last + 1, unless last is the
+				 * family's top address. */
+				e[s][ne[s]].at = r->last;
+				if (s == CIDR_V4 ? r->last.lo == UINT32_MAX :
+				    r->last.hi == UINT64_MAX &&
+				    r->last.lo == UINT64_MAX)
+					continue;
+				if (++e[s][ne[s]].at.lo == 0)
+					e[s][ne[s]].at.hi++;
+				e[s][ne[s]].id = ids[i];
+				e[s][ne[s]++].open = 0;
+			}
+		map->seg[s] = cidr_map_sweep(e[s], ne[s], &map->ids, &nids,
+		    &idcap, &map->nseg[s]);
+		if (map->nseg[s] == SIZE_MAX) {
+			map->nseg[s] = 0;
+			ok = 0;
+		}
+	}
+	for (s = 0; s < CIDR__SLOTS; s++)
+		free(e[s]);
+	if (!ok) {
+		cidr_map_free(map);
+		return NULL;
+	}
+	return map;
+}
+
+void
+cidr_map_free(struct cidr_map *map)
+{
+	int	 s;
+
+	if (map == NULL)
+		return;
+	for (s = 0; s < CIDR__SLOTS; s++)
+		free(map->seg[s]);
+	free(map->ids);
+	free(map);
+}
+
+size_t
+cidr_map_lookup(const struct cidr_map *map, const struct sockaddr *sa,
+    const uint32_t **ids)
+{
+	const struct cidr_seg	*seg;
+	struct u128		 key;
+	size_t			 lo, hi, mid;
+	int			 s;
+
+	*ids = NULL;
+	if (map == NULL || (s = cidr_key(sa, &key)) == -1)
+		return 0;
+	/* The last segment starting at or below key holds it. */
+	seg = map->seg[s];
+	for (lo = 0, hi = map->nseg[s]; lo < hi; ) {
+		mid = lo + (hi - lo) / 2;
+		if (u128_cmp(seg[mid].first, key) <= 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == 0)
+		return 0;
+	*ids = map->ids + seg[lo - 1].off;
+	return seg[lo - 1].n;
 }
 
 /* ---- Domain sets -------------------------------------------------------- */
@@ -445,6 +672,127 @@ domain_set_match(const struct domain_set *set, const char *name, size_t len)
 
 /* ---- Patterns ----------------------------------------------------------- */
 
+/* Nonzero when c may be part of a header field name in a line name. */
+static int
+pat_name_char(unsigned char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+	    (c >= '0' && c <= '9') || c == '-';
+}
+
+/*
+ * Returns the length of the line name of the regex re (len octets,
+ * compiled with opts): the N of a regex "^N:..." that can match no subject
+ * but one starting with "N:" (ASCII case aside), N being letters, digits
+ * and '-'; 0 when the regex is not certainly one.  It is not when the
+ * rest has an alternative at its top level ("^N:a|b" matches "b"), when
+ * the ':' is quantified, or under the m flag (^ after any newline); a
+ * literal (PCRE2_LITERAL) has none.  The scan of the rest is deliberately
+ * simple: where it could be fooled (a '#' comment under x, \Q...\E,
+ * (?#...), \c taking the next character, a '[' within a class) it gives
+ * up, and so does an unbalanced regex.
+ */
+static size_t
+pat_line_name(const char *re, size_t len, uint32_t opts)
+{
+	size_t		 i, name;
+	long		 depth = 0;
+
+	if (opts & (PCRE2_MULTILINE | PCRE2_EXTENDED | PCRE2_LITERAL) ||
+	    len < 3 || re[0] != '^')
+		return 0;
+	for (i = 1; i < len && pat_name_char((unsigned char)re[i]); i++)
+		;
+	if (i == 1 || i == len || re[i] != ':')
+		return 0;
+	name = i - 1;
+	if (++i < len && (re[i] == '?' || re[i] == '*' || re[i] == '+' ||
+	    re[i] == '{'))
+		return 0;
+	for (; i < len; i++) {
+		switch (re[i]) {
+		case '\\':
+			if (++i < len && (re[i] == 'Q' || re[i] == 'E' ||
+			    re[i] == 'c'))
+				return 0;
+			break;
+		case '[':
+			/* A class: "]" first (after "^") is one of it. */
+			if (++i < len && re[i] == '^')
+				i++;
+			if (i < len && re[i] == ']')
+				i++;
+			for (; i < len && re[i] != ']'; i++)
+				if (re[i] == '[' || (re[i] == '\\' &&
+				    (++i >= len || re[i] == 'Q' ||
+				    re[i] == 'E' || re[i] == 'c')))
+					return 0;
+			if (i >= len)
+				return 0;
+			break;
+		case '(':
+			if (i + 2 < len && re[i + 1] == '?' && re[i + 2] == '#')
+				return 0;
+			depth++;
+			break;
+		case ')':
+			if (--depth < 0)
+				return 0;
+			break;
+		case '|':
+			if (depth == 0)
+				return 0;
+			break;
+		case '#':
+			return 0;
+		}
+	}
+	return depth == 0 ? name : 0;
+}
+
+/*
+ * Returns nonzero when the regex re (len octets, compiled with opts) means
+ * the same as an alternative "(?flags:re)" of a larger regex.  It does not
+ * when it refers to groups by number or name, since they are numbered
+ * anew there (backreferences, subroutine calls, conditions, named groups),
+ * when it has verbs or start options ("(*"), which act on the whole match,
+ * or callouts, or when it could run past its end: \Q, or '#' and the x
+ * flag (comments to the end of the line).  The scan is deliberately
+ * simple, so a few regexes that could are refused too.
+ */
+static int
+pat_joinable(const char *re, size_t len, uint32_t opts)
+{
+	size_t	 i;
+
+	if (opts & (PCRE2_EXTENDED | PCRE2_LITERAL))
+		return 0;
+	for (i = 0; i < len; i++) {
+		if (re[i] == '#')
+			return 0;
+		if (re[i] == '\\') {
+			if (++i < len && strchr("QE123456789gk", re[i]) != NULL &&
+			    re[i] != '\0')
+				return 0;
+			continue;
+		}
+		if (re[i] != '(' || i + 1 >= len)
+			continue;
+		if (re[i + 1] == '*')
+			return 0;
+		if (re[i + 1] != '?' || i + 2 >= len)
+			continue;
+		if (strchr("P&R(C'0123456789+", re[i + 2]) != NULL &&
+		    re[i + 2] != '\0')
+			return 0;
+		if ((re[i + 2] == '-' || re[i + 2] == '<') && i + 3 < len &&
+		    re[i + 3] != '=' && re[i + 3] != '!' &&
+		    (re[i + 2] == '<' || (re[i + 3] >= '0' && re[i + 3] <= '9')))
+			return 0;
+	}
+	return 1;
+}
+
 /*
  * Returns a new pattern of the regex re (len octets) compiled with PCRE2
  * options opts, in UTF-8 mode when re is valid UTF-8, and JIT-compiled if
@@ -458,12 +806,19 @@ pat_compile(const char *re, size_t len, uint32_t opts, char *err,
 	struct pattern	*p;
 	PCRE2_UCHAR	 msg[160];
 	PCRE2_SIZE	 off;
-	int		 ec;
+	size_t		 name = pat_line_name(re, len, opts), i;
+	uint32_t	 args = 0;
+	int		 ec, join = pat_joinable(re, len, opts);
 
-	if ((p = calloc(1, sizeof(*p))) == NULL) {
+	if ((p = calloc(1, sizeof(*p) + name + 1 + (join ? len + 1 : 0))) ==
+	    NULL) {
 		snprintf(err, errsize, "out of memory");
 		return NULL;
 	}
+	for (i = 0; i < name; i++)
+		p->lit[i] = (char)m_lower((unsigned char)re[1 + i]);
+	p->len = name;
+	p->opts = opts;
 	/* MATCH_INVALID_UTF: subjects from the network may be any octets,
 	 * and the JIT fast path does not check them. */
 	p->re = pcre2_compile((PCRE2_SPTR)re, len,
@@ -482,6 +837,62 @@ pat_compile(const char *re, size_t len, uint32_t opts, char *err,
 	}
 	/* No JIT (not built in, or no executable memory): interpreter. */
 	p->jit = pcre2_jit_compile(p->re, PCRE2_JIT_COMPLETE) == 0;
+	/* A join is compiled in UTF-8 mode: only regexes that are. */
+	if (join && pcre2_pattern_info(p->re, PCRE2_INFO_ARGOPTIONS, &args) ==
+	    0 && (args & PCRE2_UTF)) {
+		memcpy(p->lit + name + 1, re, len);
+		p->src = p->lit + name + 1;
+		p->srclen = len;
+	}
+	return p;
+}
+
+int
+pattern_joinable(const struct pattern *p)
+{
+	return p != NULL && p->src != NULL;
+}
+
+struct pattern *
+pattern_join(const struct pattern *const *v, size_t n)
+{
+	struct pattern	*p;
+	char		*text, *t;
+	size_t		 i, len = 0;
+	PCRE2_SIZE	 off;
+	int		 ec;
+
+	for (i = 0; i < n; i++) {
+		if (v[i] == NULL || v[i]->src == NULL)
+			return NULL;
+		len += v[i]->srclen + sizeof("|(?ims:)");
+	}
+	if (n == 0 || (text = malloc(len + 1)) == NULL)
+		return NULL;
+	/* "(?i:a)|(?:b)|...": each with its own flags, none leaking out. */
+	for (i = 0, t = text; i < n; i++) {
+		if (i > 0)
+			*t++ = '|';
+		t += sprintf(t, "(?%s%s%s:", v[i]->opts & PCRE2_CASELESS ? "i" :
+		    "", v[i]->opts & PCRE2_MULTILINE ? "m" : "",
+		    v[i]->opts & PCRE2_DOTALL ? "s" : "");
+		memcpy(t, v[i]->src, v[i]->srclen);
+		t += v[i]->srclen;
+		*t++ = ')';
+	}
+	if ((p = calloc(1, sizeof(*p) + 1)) == NULL) {
+		free(text);
+		return NULL;
+	}
+	p->re = pcre2_compile((PCRE2_SPTR)text, (size_t)(t - text),
+	    PCRE2_UTF | PCRE2_MATCH_INVALID_UTF, &ec, &off, NULL);
+	free(text);
+	if (p->re == NULL) {
+		free(p);
+		return NULL;
+	}
+	p->jit = pcre2_jit_compile(p->re, PCRE2_JIT_COMPLETE) == 0;
+	p->fail_matches = 1;
 	return p;
 }
 
@@ -533,6 +944,24 @@ pattern_new(const char *text, size_t len, char *err, size_t errsize)
 	memcpy(p->lit, text, len);
 	p->len = len;
 	return p;
+}
+
+const char *
+pattern_literal(const struct pattern *p, size_t *len)
+{
+	if (p == NULL || p->re != NULL)
+		return NULL;
+	*len = p->len;
+	return p->lit;
+}
+
+const char *
+pattern_line_name(const struct pattern *p, size_t *len)
+{
+	if (p == NULL || p->re == NULL || p->len == 0)
+		return NULL;
+	*len = p->len;
+	return p->lit;
 }
 
 void
@@ -601,5 +1030,5 @@ pattern_match(const struct pattern *p, const char *subject, size_t len,
 		rc = pcre2_match(p->re, (PCRE2_SPTR)subject, len, 0, 0, sc->md,
 		    sc->mctx);
 	/* 0 would mean a match with too small an ovector: still a match. */
-	return rc >= 0;
+	return rc >= 0 || (p->fail_matches && rc != PCRE2_ERROR_NOMATCH);
 }

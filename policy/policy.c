@@ -1193,6 +1193,8 @@ pol_build(struct pol_ctx *c, const char *path)
 		idx[at] = i;
 	}
 	pol->rules = rules;
+	pol->index = pol_index_new(rules, c->nrules, pol->stage_rules,
+	    pol->nstage_rules);
 	if (c->nrls > 0) {
 		struct pol_ratelimit *rls;
 
@@ -1274,6 +1276,7 @@ policy_unref(struct policy *pol)
 	free((void *)pol->ratelimits);
 	/* The first stage's list starts the one array of them all. */
 	free((size_t *)pol->stage_rules[0]);
+	pol_index_free((struct pol_index *)pol->index);
 	cidr_set_free((struct cidr_set *)pol->trusted_networks);
 	domain_set_free((struct domain_set *)pol->local_domains);
 	cidr_set_free((struct cidr_set *)pol->refuse_clients);

@@ -53,6 +53,31 @@ struct cidr_set *cidr_set_new(const struct cidr *v, size_t n);
 /* Frees a set; NULL is ignored. */
 void cidr_set_free(struct cidr_set *set);
 
+/*
+ * A map from addresses to the sets of networks holding them: built from n
+ * CIDR sets, the i-th known by ids[i], it answers with the ids of every
+ * set holding an address in one binary search.
+ */
+struct cidr_map;
+
+/*
+ * Returns a new map of the n sets (not kept) with their ids (ascending),
+ * or NULL when out of memory.  The caller frees it with cidr_map_free().
+ */
+struct cidr_map *cidr_map_new(const struct cidr_set *const *sets,
+    const uint32_t *ids, size_t n);
+
+/* Frees a map; NULL is ignored. */
+void cidr_map_free(struct cidr_map *map);
+
+/*
+ * Returns how many of the map's sets hold the address sa (matching as
+ * cidr_set_match() does) and points *ids at their ids, ascending; the
+ * list is the map's own.  Returns 0 for a NULL map or address.
+ */
+size_t cidr_map_lookup(const struct cidr_map *map, const struct sockaddr *sa,
+    const uint32_t **ids);
+
 /* A set of domains: "example.test" matches that name exactly, and
  * ".example.test" any name below it (not example.test itself).  Matching
  * is case-insensitive; a trailing dot on the name is ignored. */
@@ -91,6 +116,34 @@ struct pattern *pattern_new(const char *text, size_t len, char *err,
 
 /* Frees a pattern; NULL is ignored. */
 void pattern_free(struct pattern *p);
+
+/* Returns the text of an ASCII literal pattern (its length in *len; not
+ * NUL-terminated), or NULL for a regex (a non-ASCII literal is one). */
+const char *pattern_literal(const struct pattern *p, size_t *len);
+
+/*
+ * Returns the line name of a regex, lowercased (its length in *len; not
+ * NUL-terminated): N when the regex, written "^N:...", can only match
+ * subjects that start with N and a colon, ignoring ASCII case (a header
+ * line of field N); NULL when the regex is not certainly one, and for a
+ * literal.
+ */
+const char *pattern_line_name(const struct pattern *p, size_t *len);
+
+/*
+ * Returns a regex matching every subject that one of the n regexes of v
+ * matches: their alternative, each with its own flags (a prefilter: the
+ * subjects it matches are those the regexes may match).  A failure to run
+ * (a match limit) counts as a match.  Returns NULL when n is 0, when one
+ * of v cannot be joined (a literal; a regex referring to its groups by
+ * number or name, with verbs, callouts, \Q or comments to the end of the
+ * line, or not in UTF-8 mode), or when the join does not compile.  The
+ * caller frees it with pattern_free().
+ */
+struct pattern *pattern_join(const struct pattern *const *v, size_t n);
+
+/* Nonzero when p is a regex that pattern_join() can join. */
+int pattern_joinable(const struct pattern *p);
 
 /* Scratch space for pattern_match(); one per thread (PCRE2 match data). */
 struct pattern_scratch;
@@ -157,6 +210,83 @@ struct pol_rule {
 						 * Sender rejected" */
 };
 
+/* ---- The rule index ------------------------------------------------------ */
+
+/*
+ * The policy finds the rules of a stage that may match a session without
+ * trying each one.  A rule with an ASCII literal on a field is filed under
+ * that field and the literal (lowercased); a rule with a client network
+ * list under its networks; a header rule whose regex can only match lines
+ * of one field name ("^Subject:...") under that name; every other rule is
+ * tried at each turn of its stage.  A lookup gives sorted lists of rule
+ * indexes (no rule in two of them) which the caller merges, to try the
+ * rules in file order.  What is filed is only where a rule can match: the
+ * caller still runs every matcher of each rule it tries.
+ */
+
+/* What rules are filed under. */
+enum pol_key {
+	POL_KEY_CLIENT_NAME,	/* the reverse name */
+	POL_KEY_HELO,		/* the HELO/EHLO name */
+	POL_KEY_SENDER,		/* the sender's mailbox ("" for <>) */
+	POL_KEY_RECIPIENT,	/* the recipient's mailbox */
+	POL_KEY_HEADER,		/* the header line */
+	POL_KEY_HEADER_NAME,	/* the header line's field name: what comes
+				 * before its first ':' */
+	POL_KEY__COUNT
+};
+
+/* The session as the rules see it, each text with its length. */
+struct pol_subject {
+	const struct sockaddr	*addr;		/* client address, or NULL */
+	const char		*addr_text;	/* ... as text (never NULL) */
+	size_t			 addr_textlen;
+	const char		*v[POL_KEY__COUNT];	/* each key's text; NULL
+						 * when the session has none yet
+						 * (no rule on it can match) */
+	size_t			 len[POL_KEY__COUNT];	/* their lengths */
+};
+
+/* A sorted list of rule indexes. */
+struct pol_list {
+	const uint32_t	*v;		/* the indexes, ascending */
+	size_t		 n;		/* how many */
+};
+
+/* The most joins of regexes a stage has (see pol_index_lookup). */
+#define POL_JOINS_MAX	16
+
+/* The most lists a lookup gives: one per key, the networks', the rules
+ * that are not filed and each join's. */
+#define POL_LISTS_MAX	(POL_KEY__COUNT + 2 + POL_JOINS_MAX)
+
+struct pol_index;
+
+/*
+ * Returns the index of the nrules rules; stage_rules[s] holds the
+ * nstage_rules[s] indexes of stage s's rules, ascending.  Aborts when out
+ * of memory.  The caller frees it with pol_index_free().
+ */
+struct pol_index *pol_index_new(const struct pol_rule *rules, size_t nrules,
+    const size_t *const *stage_rules, const size_t *nstage_rules);
+
+/* Frees an index; NULL is ignored. */
+void pol_index_free(struct pol_index *ix);
+
+/*
+ * Fills lists (POL_LISTS_MAX entries) with the rules of stage st that may
+ * match subj, and returns how many lists it filled (none empty).  Every
+ * rule of the stage that matches subj is in one of them.  The lists are
+ * the index's own.  The rules that are not filed are tried in groups: the
+ * rules with a regex on the same key, up to 32 of them, have their
+ * regexes joined (pattern_join()), and the group is left out when the
+ * join does not match; so are the header regexes filed under one line
+ * name.  scratch is for running the joins.
+ */
+size_t pol_index_lookup(const struct pol_index *ix, enum pol_stage st,
+    const struct pol_subject *subj, struct pattern_scratch *scratch,
+    struct pol_list *lists);
+
 /* What a rate limit counts per. */
 enum pol_rl_key {
 	POL_RLK_CLIENT_IP,		/* the client's address */
@@ -220,6 +350,9 @@ struct policy {
 	const size_t		*stage_rules[POL__STAGES];
 	size_t			 nstage_rules[POL__STAGES];	/* entries in
 							 * stage_rules[] */
+	const struct pol_index	*index;		/* the rules of each stage,
+						 * filed for lookups (never
+						 * NULL) */
 };
 
 /*

@@ -112,6 +112,10 @@ struct smtp_tx {
 						 * line (or none was scanned) */
 	struct smtp_hdr		hdr;		/* header stage */
 	uint64_t		started;	/* uv_now() at MAIL */
+	int			has_sender;	/* sender holds from, parsed */
+	struct smtp_path	sender;		/* from, parsed once at MAIL for
+						 * the filters of the later
+						 * stages; points into from */
 	char			from[264];	/* reverse path, for the log */
 	char			rcpts[256];	/* forward paths, for the log */
 };
@@ -322,6 +326,49 @@ smtp_tx_log(struct smtp_session *s, int status, const char *reply, size_t len)
 	    (double)(uv_now(&s->w->loop) - s->tx.started) / 1000.0);
 	s->ntx++;
 	atomic_fetch_add(&s->w->ctx->ntx, 1);
+}
+
+/* Returns p moved from the n octets at old to the same place at new; a
+ * pointer elsewhere (or NULL) stays. */
+static const char *
+smtp_rebase(const char *p, const char *old, size_t n, const char *new)
+{
+	uintptr_t	 at = (uintptr_t)p, start = (uintptr_t)old;
+
+	if (p == NULL || at < start || at > start + n)
+		return p;
+	return new + (at - start);
+}
+
+/*
+ * Parses the transaction's sender (tx.from, the path as forwarded) once,
+ * for the filters of the stages after MAIL: tx.sender then points into
+ * tx.from.  A path that does not parse leaves has_sender 0, as it leaves
+ * those filters without a sender.
+ */
+static void
+smtp_tx_sender(struct smtp_session *s)
+{
+	struct smtp_mailrcpt	 m;
+	struct smtp_path	*p = &s->tx.sender;
+	char			 buf[sizeof(s->tx.from) + 8];
+	size_t			 len;
+	int			 n;
+
+	if (s->tx.from[0] != '<')
+		return;
+	n = snprintf(buf, sizeof(buf), "FROM:%s", s->tx.from);
+	if (smtp_mailrcpt_parse(buf, (size_t)n, 0, &m) != SMTP_ARG_OK)
+		return;
+	/* The parse points into buf, after "FROM:": move it to tx.from. */
+	*p = m.path;
+	len = strlen(s->tx.from);
+	p->raw = smtp_rebase(p->raw, buf + 5, len, s->tx.from);
+	p->route = smtp_rebase(p->route, buf + 5, len, s->tx.from);
+	p->mailbox = smtp_rebase(p->mailbox, buf + 5, len, s->tx.from);
+	p->local = smtp_rebase(p->local, buf + 5, len, s->tx.from);
+	p->domain = smtp_rebase(p->domain, buf + 5, len, s->tx.from);
+	s->tx.has_sender = 1;
 }
 
 /* Forgets the transaction; the session is back at S_HELO. */
@@ -579,9 +626,6 @@ smtp_filter(struct smtp_session *s, enum flt_stage st,
     const char *hdr, size_t hdrlen)
 {
 	struct flt_env		env;
-	struct smtp_mailrcpt	m;
-	char			buf[sizeof(s->tx.from) + 8];
-	int			n;
 
 	if (s->flt.state == FLT_RUN_DONE && s->flt.stage == st)
 		return s->flt.res.verdict;
@@ -597,11 +641,8 @@ smtp_filter(struct smtp_session *s, enum flt_stage st,
 	    "unknown" : s->client.name;
 	env.helo = s->client.helo;
 	env.sender = sender;
-	if (sender == NULL && s->state >= S_MAIL && s->tx.from[0] == '<') {
-		n = snprintf(buf, sizeof(buf), "FROM:%s", s->tx.from);
-		if (smtp_mailrcpt_parse(buf, (size_t)n, 0, &m) == SMTP_ARG_OK)
-			env.sender = &m.path;
-	}
+	if (sender == NULL && s->state >= S_MAIL && s->tx.has_sender)
+		env.sender = &s->tx.sender;
 	env.rcpt = rcpt;
 	env.header = hdr;
 	env.headerlen = hdrlen;
@@ -846,6 +887,7 @@ smtp_cmd_envelope(struct smtp_session *s, enum smtp_verb v, const char *arg,
 		/* The path as forwarded, after "MAIL FROM:". */
 		memcpy(s->tx.from, line + 10, pathlen);
 		s->tx.from[pathlen] = '\0';
+		smtp_tx_sender(s);
 		smtp_enter_state(s, S_MAIL);
 	}
 	return CMD_DONE;

@@ -71,6 +71,14 @@ rules:
   - name: busy-client
     match: { client: 127.0.0.6/32 }
     action: tempfail
+  - name: combo-rcpt
+    match: { sender: '/@combo\.example$/', recipient: '/^victim@/' }
+    action: reject
+    reply: "550 5.7.1 Combo rejected"
+  - name: combo-header
+    match: { sender: Combo@Combo.Example, header: 'X-Combo: 1' }
+    action: reject
+    reply: "550 5.7.1 Combo header rejected"
 """
 
 
@@ -595,6 +603,39 @@ class HeaderRule(PolicyCase):
     def test_viagra_in_body_passes(self):
         c = self.client(UNTRUSTED, ehlo=True)
         msg = make_message(subject="hello", body_lines=[b"Subject: viagra", b"x"])
+        m = self.send_message(c, SENDER, ["user@example.test"], msg)
+        self.assertEqual(m.data, dot_stuff(msg))
+
+
+class SenderAtLaterStages(PolicyCase):
+    """Rules at RCPT and on header lines see the transaction's sender."""
+
+    def test_rcpt_rule_sees_sender(self):
+        c = self.client(UNTRUSTED, ehlo=True)
+        c.expect(250, line="MAIL FROM:<x@combo.example>")
+        r = c.cmd("RCPT TO:<victim@example.test>")
+        self.assertEqual(r.raw, b"550 5.7.1 Combo rejected\r\n")
+        c.expect(250, line="RCPT TO:<user@example.test>")
+
+    def test_rcpt_rule_sees_stripped_route_sender(self):
+        c = self.client(UNTRUSTED, ehlo=True)
+        c.expect(250, line="MAIL FROM:<@relay.example:x@combo.example>")
+        c.expect(550, "5.7.1", line="RCPT TO:<victim@example.test>")
+
+    def test_next_transaction_has_its_own_sender(self):
+        c = self.client(UNTRUSTED, ehlo=True)
+        c.expect(250, line="MAIL FROM:<x@combo.example>")
+        c.expect(550, "5.7.1", line="RCPT TO:<victim@example.test>")
+        c.expect(250, line="RSET")
+        c.expect(250, line="MAIL FROM:<%s>" % SENDER)
+        c.expect(250, line="RCPT TO:<victim@example.test>")
+
+    def test_header_rule_sees_sender(self):
+        c = self.client(UNTRUSTED, ehlo=True)
+        msg = make_message(extra_headers=["X-Combo: 1"])
+        final = c.transaction("combo@combo.example", ["user@example.test"],
+                              msg, expect_final=550)
+        self.assertEqual(final.raw, b"550 5.7.1 Combo header rejected\r\n")
         m = self.send_message(c, SENDER, ["user@example.test"], msg)
         self.assertEqual(m.data, dot_stuff(msg))
 

@@ -5,7 +5,12 @@
  * addresses, overlapping and adjacent networks, bare addresses), the CIDR
  * parser, domain sets (exact names, ".suffix", case, trailing dots, names
  * that merely end in the same letters) and patterns (regexes with each
- * flag, literals, UTF-8, invalid input).
+ * flag, literals, UTF-8, invalid input).  CIDR maps are checked against
+ * their sets, one by one, on random maps of a fixed seed; regexes' line
+ * names on a table of the cases the scan must see through or refuse;
+ * joins of regexes on a table of which may be joined, and by matching
+ * subjects against subsets of regexes with every flag, joined and one by
+ * one.
  */
 
 #include <sys/un.h>
@@ -13,6 +18,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -200,6 +206,138 @@ test_cidr_large(void)
 	CHECKF(bad == 0, "%zu lookups wrong", bad);
 	cidr_set_free(set);
 	free(nets);
+}
+
+/* ---- CIDR maps ---------------------------------------------------------- */
+
+/* A fixed-seed generator, so that a failure can be run again (splitmix64). */
+static uint64_t rnd_state = 0x5eed;
+
+static uint64_t
+rnd(void)
+{
+	uint64_t	 z = (rnd_state += 0x9e3779b97f4a7c15ull);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/* Networks that nest, touch, overlap and reach both families' ends. */
+static const char *const map_nets[] = {
+	"0.0.0.0/0", "10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24",
+	"10.1.2.128/25", "10.1.2.255", "10.1.3.0/24", "10.2.0.0/15",
+	"11.0.0.0/8", "192.0.2.0/24", "192.0.2.0/25", "192.0.2.7",
+	"255.255.255.0/24", "255.255.255.255", "0.0.0.0/8", "0.0.0.0",
+	"128.0.0.0/1", "127.0.0.1", "::/0", "::1", "2001:db8::/32",
+	"2001:db8:1::/48", "2001:db8:1::/64", "2001:db8:1:0:1::/80",
+	"2001:db9::/32", "ffff::/16", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+	"fe80::/10", "::ffff:198.51.100.0/120", "198.51.100.0/23",
+};
+
+/* Addresses at and beside those networks' edges, mapped ones too. */
+static const char *const map_addrs[] = {
+	"0.0.0.0", "0.0.0.1", "0.255.255.255", "1.0.0.0", "9.255.255.255",
+	"10.0.0.0", "10.0.255.255", "10.1.0.0", "10.1.1.255", "10.1.2.0",
+	"10.1.2.127", "10.1.2.128", "10.1.2.254", "10.1.2.255", "10.1.3.0",
+	"10.1.3.255", "10.1.4.0", "10.1.255.255", "10.2.0.0", "10.3.255.255",
+	"10.4.0.0", "10.255.255.255", "11.0.0.0", "12.0.0.0", "127.0.0.0",
+	"127.0.0.1", "127.0.0.2", "127.255.255.255", "128.0.0.0",
+	"192.0.2.0", "192.0.2.6", "192.0.2.7", "192.0.2.8", "192.0.2.127",
+	"192.0.2.128", "192.0.2.255", "192.0.3.0", "198.51.99.255",
+	"198.51.100.0", "198.51.101.255", "198.51.102.0", "255.255.254.255",
+	"255.255.255.0", "255.255.255.254", "255.255.255.255", "::",
+	"::1", "::2", "2001:db7:ffff:ffff:ffff:ffff:ffff:ffff",
+	"2001:db8::", "2001:db8:0:ffff::", "2001:db8:1::", "2001:db8:1::1",
+	"2001:db8:1:0:1::", "2001:db8:1:0:1:ffff:ffff:ffff",
+	"2001:db8:1:0:2::", "2001:db8:1:1::", "2001:db8:ffff:ffff::",
+	"2001:db9::", "2001:dba::", "fe80::1", "febf:ffff::", "fec0::",
+	"fffe:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "ffff::",
+	"ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe",
+	"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "::ffff:10.1.2.255",
+	"::ffff:192.0.2.7", "::ffff:198.51.100.9", "::ffff:0.0.0.0",
+	"::ffff:255.255.255.255",
+};
+
+#define MAP_SETS	40		/* sets in one random map */
+#define MAP_ROUNDS	200		/* random maps */
+
+/*
+ * Random maps of sets of map_nets[]: every lookup of map_addrs[] must give
+ * the ids of exactly the sets holding the address (cidr_set_match()), in
+ * ascending order.
+ */
+static void
+test_cidr_map(void)
+{
+	struct sockaddr_storage	 ss;
+	struct sockaddr_un	 sun;
+	struct cidr		 nets[4];
+	struct cidr_set		*sets[MAP_SETS];
+	struct cidr_map		*map;
+	const uint32_t		*ids;
+	uint32_t		 setids[MAP_SETS], want[MAP_SETS];
+	size_t			 round, i, j, k, n, nwant, got, bad = 0;
+	uint32_t		 id;
+
+	for (round = 0; round < MAP_ROUNDS; round++) {
+		n = 1 + rnd() % MAP_SETS;
+		for (i = 0, id = 0; i < n; i++) {
+			k = 1 + rnd() % 4;
+			for (j = 0; j < k; j++)
+				if (cidr_parse(map_nets[rnd() % NELEM(map_nets)],
+				    &nets[j]) != NULL)
+					exit(2);
+			sets[i] = cidr_set_new(nets, k);
+			id += 1 + (uint32_t)(rnd() % 3);
+			setids[i] = id;
+		}
+		map = cidr_map_new((const struct cidr_set *const *)sets, setids,
+		    n);
+		CHECK(map != NULL);
+		for (j = 0; map != NULL && j < NELEM(map_addrs); j++) {
+			sa_of(map_addrs[j], &ss);
+			for (i = nwant = 0; i < n; i++)
+				if (cidr_set_match(sets[i],
+				    (struct sockaddr *)&ss))
+					want[nwant++] = setids[i];
+			got = cidr_map_lookup(map, (struct sockaddr *)&ss, &ids);
+			if (got != nwant || (got > 0 &&
+			    memcmp(ids, want, got * sizeof(*ids)) != 0)) {
+				if (bad++ < 5)
+					fprintf(stderr, "map round %zu: %s: %zu "
+					    "sets, want %zu\n", round,
+					    map_addrs[j], got, nwant);
+			}
+		}
+		cidr_map_free(map);
+		for (i = 0; i < n; i++)
+			cidr_set_free(sets[i]);
+	}
+	CHECKF(bad == 0, "%zu lookups wrong", bad);
+
+	/* No sets; no address; not an IP address. */
+	map = cidr_map_new(NULL, NULL, 0);
+	CHECK(map != NULL &&
+	    cidr_map_lookup(map, sa_of("10.0.0.1", &ss), &ids) == 0);
+	cidr_map_free(map);
+	CHECK(cidr_parse("0.0.0.0/0", &nets[0]) == NULL);
+	CHECK(cidr_parse("::/0", &nets[1]) == NULL);
+	sets[0] = cidr_set_new(nets, 2);
+	setids[0] = 7;
+	map = cidr_map_new((const struct cidr_set *const *)sets, setids, 1);
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	CHECK(cidr_map_lookup(map, (struct sockaddr *)&sun, &ids) == 0);
+	CHECK(cidr_map_lookup(map, NULL, &ids) == 0);
+	CHECK(cidr_map_lookup(NULL, sa_of("::1", &ss), &ids) == 0);
+	CHECK(cidr_map_lookup(map, sa_of("::1", &ss), &ids) == 1 &&
+	    ids[0] == 7);
+	CHECK(cidr_map_lookup(map, sa_of("0.0.0.0", &ss), &ids) == 1 &&
+	    ids[0] == 7);
+	cidr_map_free(map);
+	cidr_map_free(NULL);
+	cidr_set_free(sets[0]);
 }
 
 static const struct parse_case {
@@ -525,6 +663,212 @@ test_patterns(void)
 	pattern_scratch_free(NULL);
 }
 
+/* ---- Line names and literals -------------------------------------------- */
+
+static const struct name_case {
+	const char	*text;		/* the pattern */
+	const char	*name;		/* its line name, or NULL */
+} name_cases[] = {
+	{ "/^Subject:.*viagra/i", "subject" },
+	{ "/^X-Mailer:\\s*Bulk/", "x-mailer" },
+	{ "/^Message-Id:/", "message-id" },
+	{ "/^Subject:(a|b)/", "subject" },
+	{ "/^Subject:(?:a|(b|c))d/", "subject" },
+	{ "/^Subject:[]|]x/", "subject" },
+	{ "/^Subject:[^]|(]x/", "subject" },
+	{ "/^Subject:\\|x/", "subject" },
+	{ "/^Subject:\\(|x/", NULL },		/* "\(" then a top-level | */
+	{ "/^Subject:x\\)|y/", NULL },
+	{ "/^Subject:.*\\bwinner\\b$/s", "subject" },
+	{ "/^Subject:.*é/", "subject" },
+	/* An alternative of its own at the top level. */
+	{ "/^Subject:a|b/", NULL },
+	{ "/^Subject:[|(]x|y/", NULL },
+	{ "/^Subject:(a)|b/", NULL },
+	/* Where the scan could be fooled, it gives up. */
+	{ "/^Subject:\\Q|\\E/", NULL },
+	{ "/^Subject:x(?#(|)/", NULL },
+	{ "/^Subject:[[:alpha:](]|x/", NULL },
+	{ "/^Subject:\\c(|x/", NULL },
+	{ "/^Subject:x#y/", NULL },
+	/* The colon optional or repeated; no colon; no name. */
+	{ "/^Subject:?x/", NULL },
+	{ "/^Subject:*x/", NULL },
+	{ "/^Subject:+x/", NULL },
+	{ "/^Subject:{0}x/", NULL },
+	{ "/^Subject/", NULL },
+	{ "/^:x/", NULL },
+	{ "/^Sub ject:x/", NULL },
+	{ "/^Sub.ject:x/", NULL },
+	{ "/^Subject\\:x/", NULL },
+	/* Not anchored at the start, or ^ after any newline. */
+	{ "/Subject:x/", NULL },
+	{ "/(?m)^Subject:x/", NULL },
+	{ "/^Subject:x/m", NULL },
+	{ "/^Subject:x/x", NULL },
+	/* Literals have none. */
+	{ "^Subject: x", NULL },
+	{ "Subject: x", NULL },
+	{ "^Subject: é", NULL },
+};
+
+/* pattern_line_name() of each case of name_cases[], with what it claims
+ * checked by matching; pattern_literal(). */
+static void
+test_line_names(void)
+{
+	struct pattern_scratch	*sc = pattern_scratch_new();
+	const struct name_case	*t;
+	struct pattern		*p;
+	const char		*name;
+	char			 err[256];
+	size_t			 i, len;
+
+	for (i = 0; i < NELEM(name_cases); i++) {
+		t = &name_cases[i];
+		p = pattern_new(t->text, strlen(t->text), err, sizeof(err));
+		CHECKF(p != NULL, "%s: %s", t->text, err);
+		if (p == NULL)
+			continue;
+		name = pattern_line_name(p, &len);
+		if (t->name == NULL)
+			CHECKF(name == NULL, "%s: name %.*s, want none",
+			    t->text, (int)len, name);
+		else
+			CHECKF(name != NULL && len == strlen(t->name) &&
+			    memcmp(name, t->name, len) == 0, "%s: name %.*s, "
+			    "want %s", t->text, name ? (int)len : 4,
+			    name ? name : "none", t->name);
+		pattern_free(p);
+	}
+	/* A line name is what the lines it matches start with. */
+	p = pattern_new("/^subJECT:.*x/i", 15, err, sizeof(err));
+	CHECK(p != NULL && pattern_match(p, "SUBJECT: x", 10, sc) == 1);
+	CHECK(p != NULL && pattern_match(p, "X-Subject: x", 12, sc) == 0);
+	pattern_free(p);
+
+	p = pattern_new("Foo@Example.test", 16, err, sizeof(err));
+	CHECK(p != NULL && (name = pattern_literal(p, &len)) != NULL &&
+	    len == 16 && memcmp(name, "Foo@Example.test", 16) == 0);
+	CHECK(p != NULL && pattern_line_name(p, &len) == NULL);
+	pattern_free(p);
+	p = pattern_new("/foo/", 5, err, sizeof(err));
+	CHECK(p != NULL && pattern_literal(p, &len) == NULL);
+	pattern_free(p);
+	p = pattern_new("föo", strlen("föo"), err, sizeof(err));
+	CHECK(p != NULL && pattern_literal(p, &len) == NULL);
+	pattern_free(p);
+	CHECK(pattern_literal(NULL, &len) == NULL);
+	CHECK(pattern_line_name(NULL, &len) == NULL);
+	pattern_scratch_free(sc);
+}
+
+/* ---- Joins --------------------------------------------------------------- */
+
+static const struct join_case {
+	const char	*text;		/* the pattern */
+	int		 joinable;	/* pattern_joinable() */
+} join_cases[] = {
+	{ "/a/", 1 },
+	{ "/a/ims", 1 },
+	{ "/(?<=a)b(?<!c)/", 1 },
+	{ "/(?-i)a(?i:b)/", 1 },
+	{ "/(?|(a)|(b))c/", 1 },
+	{ "/a\\\\1/", 1 },		/* an escaped backslash, then "1" */
+	{ "/\\x{e9}\\d/", 1 },
+	{ "/a/x", 0 },			/* comments to the end of the line */
+	{ "/a#b/", 0 },
+	{ "/(?#c)a/", 0 },
+	{ "/\\Qa|b\\E/", 0 },
+	{ "/(a)\\1/", 0 },		/* groups by number or name */
+	{ "/(a)\\g1/", 0 },
+	{ "/(?<n>a)\\k<n>/", 0 },
+	{ "/(?<n>a)/", 0 },
+	{ "/(?'n'a)/", 0 },
+	{ "/(?P<n>a)/", 0 },
+	{ "/(a)(?-1)/", 0 },
+	{ "/(?1)(a)/", 0 },
+	{ "/(?+1)(a)/", 0 },
+	{ "/a(?R)?b/", 0 },
+	{ "/(?(1)a|b)(c)/", 0 },
+	{ "/(?&n)(?<n>a)/", 0 },
+	{ "/(*COMMIT)a/", 0 },		/* verbs, start options, callouts */
+	{ "/(*UTF)a/", 0 },
+	{ "/(?C1)a/", 0 },
+	{ "/[(*]/", 0 },		/* refused though harmless */
+	{ "literal", 0 },
+	{ "non-ASCII é", 0 },
+	{ "/\xff/", 0 },		/* not UTF-8: not in UTF-8 mode */
+};
+
+/* Regexes with each flag, and subjects: a join of any of them matches a
+ * subject when one of them does. */
+static const char *const join_res[] = {
+	"/^abc$/", "/B+C/i", "/x.y/s", "/^q$/m", "/(?i)z/", "/é/",
+	"/(a|b)c/", "/^$/", "/a(?i)B/", "/^(?:dyn|pool)\\d+\\./",
+};
+static const char *const join_subjects[] = {
+	"abc", "ABC", "xbbcx", "x\ny", "xy", "a\nq\n", "q", "Z", "é", "\xc3",
+	"bc", "", "nothing", "aB", "Ab", "pool12.example", "POOL12.x",
+	"\xff\xfe" "abc",
+};
+
+/* pattern_joinable() of each case of join_cases[]; what joins match. */
+static void
+test_joins(void)
+{
+	struct pattern_scratch	*sc = pattern_scratch_new();
+	struct pattern		*v[NELEM(join_res)], *j, *p;
+	const struct join_case	*t;
+	char			 err[256];
+	size_t			 i, k, n, mask, bad = 0;
+	int			 any;
+
+	for (i = 0; i < NELEM(join_cases); i++) {
+		t = &join_cases[i];
+		p = pattern_new(t->text, strlen(t->text), err, sizeof(err));
+		CHECKF(p != NULL, "%s: %s", t->text, err);
+		CHECKF(pattern_joinable(p) == t->joinable, "%s: joinable %d",
+		    t->text, pattern_joinable(p));
+		j = pattern_join((const struct pattern *const *)&p, 1);
+		CHECKF((j != NULL) == t->joinable, "%s: joined", t->text);
+		pattern_free(j);
+		pattern_free(p);
+	}
+	for (i = 0; i < NELEM(join_res); i++) {
+		v[i] = pattern_new(join_res[i], strlen(join_res[i]), err,
+		    sizeof(err));
+		CHECKF(v[i] != NULL && pattern_joinable(v[i]), "%s: %s",
+		    join_res[i], err);
+	}
+	/* Joins of every other subset, on every subject. */
+	for (mask = 1; mask < (1u << NELEM(join_res)); mask += 3) {
+		const struct pattern	*sub[NELEM(join_res)];
+
+		for (i = n = 0; i < NELEM(join_res); i++)
+			if (mask & (1u << i))
+				sub[n++] = v[i];
+		if ((j = pattern_join(sub, n)) == NULL) {
+			bad++;
+			continue;
+		}
+		for (k = 0; k < NELEM(join_subjects); k++) {
+			const char *s = join_subjects[k];
+
+			for (i = 0, any = 0; i < n && !any; i++)
+				any = pattern_match(sub[i], s, strlen(s), sc);
+			bad += pattern_match(j, s, strlen(s), sc) != any;
+		}
+		pattern_free(j);
+	}
+	CHECKF(bad == 0, "%zu joins matched otherwise", bad);
+	CHECK(pattern_join(NULL, 0) == NULL);
+	CHECK(!pattern_joinable(NULL));
+	for (i = 0; i < NELEM(join_res); i++)
+		pattern_free(v[i]);
+	pattern_scratch_free(sc);
+}
+
 int
 main(void)
 {
@@ -534,5 +878,8 @@ main(void)
 	test_domain_sets();
 	test_domain_large();
 	test_patterns();
+	test_cidr_map();
+	test_line_names();
+	test_joins();
 	TEST_DONE();
 }
