@@ -241,14 +241,14 @@ flt_ratelimit_hook(enum flt_stage st, const struct flt_env *env,
 	const struct pol_ratelimit *rl;
 	struct rl_check		 checks[RL_CHECKS_MAX];
 	struct rl_result	 r;
+	const struct pol_ratelimit *which[RL_CHECKS_MAX];
 	struct rl_req		*q;
 	enum flt_verdict	 v;
 	size_t			 i, n = 0;
+	int			 fail;
 
 	if (env->rl == NULL ||
 	    (pol->nratelimits == 0 && env->max_failures == 0))
-		return FLT_CONTINUE;
-	if ((q = malloc(sizeof(*q))) == NULL)
 		return FLT_CONTINUE;
 	for (i = 0; i < pol->nratelimits && n < RL_CHECKS_MAX; i++) {
 		rl = &pol->ratelimits[i];
@@ -256,20 +256,26 @@ flt_ratelimit_hook(enum flt_stage st, const struct flt_env *env,
 		    !flt_match(&rl->rule.match, env) ||
 		    rl_make(rl, env, &checks[n]) < 0)
 			continue;
-		q->action[n] = rl->rule.action;
-		q->rule[n] = rl->rule.name;
-		snprintf(q->name[n++], RL_NAME_MAX, "%s", rl->rule.name);
+		which[n++] = rl;
 	}
 	/* A client over its failures is refused at connect. */
-	if (st == FLT_CONNECT && env->max_failures > 0 && n < RL_CHECKS_MAX) {
+	fail = st == FLT_CONNECT && env->max_failures > 0 &&
+	    n < RL_CHECKS_MAX;
+	if (fail)
 		flt_ratelimit_failure_check(env, &checks[n], 0);
+	if (n + fail == 0)
+		return FLT_CONTINUE;
+	if ((q = malloc(sizeof(*q))) == NULL)
+		return FLT_CONTINUE;
+	for (i = 0; i < n; i++) {
+		q->action[i] = which[i]->rule.action;
+		q->rule[i] = which[i]->rule.name;
+		snprintf(q->name[i], RL_NAME_MAX, "%s", which[i]->rule.name);
+	}
+	if (fail) {
 		q->action[n] = POL_TEMPFAIL;
 		q->rule[n] = "failures";
 		snprintf(q->name[n++], RL_NAME_MAX, "failures");
-	}
-	if (n == 0) {
-		free(q);
-		return FLT_CONTINUE;
 	}
 	q->n = n;
 	q->stage = st;

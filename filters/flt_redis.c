@@ -238,7 +238,16 @@ fr_ev_poll_cb(uv_poll_t *h, int status, int events)
 static void
 fr_ev_update(struct fr_ev *ev, int add, int del)
 {
-	ev->events = (ev->events | add) & ~del;
+	int events = (ev->events | add) & ~del;
+
+	/*
+	 * hiredis asks for read after every read and for write with every
+	 * command; each uv_poll_start() is an epoll_ctl() in libuv, so only
+	 * a change is passed on.
+	 */
+	if (events == ev->events)
+		return;
+	ev->events = events;
 	if (ev->events != 0)
 		uv_poll_start(&ev->poll, ev->events, fr_ev_poll_cb);
 	else
