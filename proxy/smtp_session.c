@@ -1616,6 +1616,11 @@ smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
 		    (int)(len > 2 ? len - 2 : len), reply);
 		smtp_be_drop(s, 0);
 		smtp_be_lost(s, RPL_BE_LOST);
+		/*
+		 * No on_batch follows a closed backend: write what earlier
+		 * replies of this read queued (MAIL's 250, say) now.
+		 */
+		smtp_process(s);
 		return 0;
 	}
 	k = s->fly[s->fly_head];
