@@ -26,6 +26,7 @@
 #include "log.h"
 #include "smtp_parse.h"
 #include "test.h"
+#include "testpath.h"
 
 #define NELEM(a)	(sizeof(a) / sizeof((a)[0]))
 #define STRIP		FLT_RW_STRIP_ROUTE
@@ -86,38 +87,14 @@ struct envbuf {
 	struct flt_env		 env;
 };
 
-/* Parses "<path>" as MAIL (is_rcpt 0) or RCPT argument; exits if bad. */
-static void
-parse_path(const char *path, int is_rcpt, char *buf, size_t size,
-    struct smtp_mailrcpt *m)
-{
-	int n;
-
-	n = snprintf(buf, size, "%s%s", is_rcpt ? "TO:" : "FROM:", path);
-	if (n < 0 || (size_t)n >= size ||
-	    smtp_mailrcpt_parse(buf, (size_t)n, is_rcpt, m) != SMTP_ARG_OK) {
-		fprintf(stderr, "bad test path %s\n", path);
-		exit(2);
-	}
-}
-
 /* Fills b->env for session s under pol. */
 static const struct flt_env *
 make_env(struct envbuf *b, const struct policy *pol, const struct sess *s)
 {
-	struct sockaddr_in	*sin = (struct sockaddr_in *)&b->ss;
-	struct sockaddr_in6	*sin6 = (struct sockaddr_in6 *)&b->ss;
-	const char		*client = s->client ? s->client : "192.0.2.1";
+	const char *client = s->client ? s->client : "192.0.2.1";
 
 	memset(b, 0, sizeof(*b));
-	if (inet_pton(AF_INET, client, &sin->sin_addr) == 1)
-		sin->sin_family = AF_INET;
-	else if (inet_pton(AF_INET6, client, &sin6->sin6_addr) == 1)
-		sin6->sin6_family = AF_INET6;
-	else {
-		fprintf(stderr, "bad test address %s\n", client);
-		exit(2);
-	}
+	test_addr(client, &b->ss);
 	b->env.pol = pol;
 	b->env.scratch = scratch;
 	b->env.session = "test";
@@ -129,11 +106,11 @@ make_env(struct envbuf *b, const struct policy *pol, const struct sess *s)
 	b->env.helo = s->helo ? s->helo : "";
 	b->env.authenticated = s->auth;
 	if (s->from != NULL) {
-		parse_path(s->from, 0, b->fbuf, sizeof(b->fbuf), &b->from);
+		test_path(s->from, 0, b->fbuf, sizeof(b->fbuf), &b->from);
 		b->env.sender = &b->from.path;
 	}
 	if (s->rcpt != NULL) {
-		parse_path(s->rcpt, 1, b->rbuf, sizeof(b->rbuf), &b->rcpt);
+		test_path(s->rcpt, 1, b->rbuf, sizeof(b->rbuf), &b->rcpt);
 		b->env.rcpt = &b->rcpt.path;
 	}
 	if (s->header != NULL) {

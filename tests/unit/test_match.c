@@ -29,25 +29,6 @@
 #define NELEM(a)	(sizeof(a) / sizeof((a)[0]))
 #define MAXNETS		8		/* networks in one test set */
 
-/* Fills ss with the numeric address text; returns it as a sockaddr. */
-static const struct sockaddr *
-sa_of(const char *text, struct sockaddr_storage *ss)
-{
-	struct sockaddr_in	*sin = (struct sockaddr_in *)ss;
-	struct sockaddr_in6	*sin6 = (struct sockaddr_in6 *)ss;
-
-	memset(ss, 0, sizeof(*ss));
-	if (inet_pton(AF_INET, text, &sin->sin_addr) == 1)
-		sin->sin_family = AF_INET;
-	else if (inet_pton(AF_INET6, text, &sin6->sin6_addr) == 1)
-		sin6->sin6_family = AF_INET6;
-	else {
-		fprintf(stderr, "bad test address %s\n", text);
-		exit(2);
-	}
-	return (const struct sockaddr *)ss;
-}
-
 /* ---- CIDR sets ---------------------------------------------------------- */
 
 static const struct cidr_case {
@@ -156,7 +137,7 @@ test_cidr_sets(void)
 		}
 		set = cidr_set_new(nets, n);
 		CHECK(set != NULL);
-		CHECKF(cidr_set_match(set, sa_of(t->addr, &ss)) == t->want,
+		CHECKF(cidr_set_match(set, test_addr(t->addr, &ss)) == t->want,
 		    "case %zu: %s in {%s, ...}: want %d", i, t->addr,
 		    t->nets[0] ? t->nets[0] : "", t->want);
 		cidr_set_free(set);
@@ -171,7 +152,7 @@ test_cidr_sets(void)
 	sun.sun_family = AF_UNIX;
 	CHECK(cidr_set_match(set, (struct sockaddr *)&sun) == 0);
 	CHECK(cidr_set_match(set, NULL) == 0);
-	CHECK(cidr_set_match(NULL, sa_of("::1", &ss)) == 0);
+	CHECK(cidr_set_match(NULL, test_addr("::1", &ss)) == 0);
 	cidr_set_free(set);
 	cidr_set_free(NULL);
 }
@@ -201,7 +182,7 @@ test_cidr_large(void)
 	for (i = 0; i < 65536; i += 97) {
 		snprintf(text, sizeof(text), "10.%zu.%zu.%zu", i / 256,
 		    i % 256, i % 251);
-		bad += cidr_set_match(set, sa_of(text, &ss)) != (i % 2 == 0);
+		bad += cidr_set_match(set, test_addr(text, &ss)) != (i % 2 == 0);
 	}
 	CHECKF(bad == 0, "%zu lookups wrong", bad);
 	cidr_set_free(set);
@@ -296,7 +277,7 @@ test_cidr_map(void)
 		    n);
 		CHECK(map != NULL);
 		for (j = 0; map != NULL && j < NELEM(map_addrs); j++) {
-			sa_of(map_addrs[j], &ss);
+			test_addr(map_addrs[j], &ss);
 			for (i = nwant = 0; i < n; i++)
 				if (cidr_set_match(sets[i],
 				    (struct sockaddr *)&ss))
@@ -319,7 +300,7 @@ test_cidr_map(void)
 	/* No sets; no address; not an IP address. */
 	map = cidr_map_new(NULL, NULL, 0);
 	CHECK(map != NULL &&
-	    cidr_map_lookup(map, sa_of("10.0.0.1", &ss), &ids) == 0);
+	    cidr_map_lookup(map, test_addr("10.0.0.1", &ss), &ids) == 0);
 	cidr_map_free(map);
 	CHECK(cidr_parse("0.0.0.0/0", &nets[0]) == NULL);
 	CHECK(cidr_parse("::/0", &nets[1]) == NULL);
@@ -330,10 +311,10 @@ test_cidr_map(void)
 	sun.sun_family = AF_UNIX;
 	CHECK(cidr_map_lookup(map, (struct sockaddr *)&sun, &ids) == 0);
 	CHECK(cidr_map_lookup(map, NULL, &ids) == 0);
-	CHECK(cidr_map_lookup(NULL, sa_of("::1", &ss), &ids) == 0);
-	CHECK(cidr_map_lookup(map, sa_of("::1", &ss), &ids) == 1 &&
+	CHECK(cidr_map_lookup(NULL, test_addr("::1", &ss), &ids) == 0);
+	CHECK(cidr_map_lookup(map, test_addr("::1", &ss), &ids) == 1 &&
 	    ids[0] == 7);
-	CHECK(cidr_map_lookup(map, sa_of("0.0.0.0", &ss), &ids) == 1 &&
+	CHECK(cidr_map_lookup(map, test_addr("0.0.0.0", &ss), &ids) == 1 &&
 	    ids[0] == 7);
 	cidr_map_free(map);
 	cidr_map_free(NULL);

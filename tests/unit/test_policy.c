@@ -102,19 +102,8 @@ static int
 in_set(const struct cidr_set *set, const char *text)
 {
 	struct sockaddr_storage	 ss;
-	struct sockaddr_in	*sin = (struct sockaddr_in *)&ss;
-	struct sockaddr_in6	*sin6 = (struct sockaddr_in6 *)&ss;
 
-	memset(&ss, 0, sizeof(ss));
-	if (inet_pton(AF_INET, text, &sin->sin_addr) == 1)
-		sin->sin_family = AF_INET;
-	else if (inet_pton(AF_INET6, text, &sin6->sin6_addr) == 1)
-		sin6->sin6_family = AF_INET6;
-	else {
-		fprintf(stderr, "bad test address %s\n", text);
-		exit(2);
-	}
-	return cidr_set_match(set, (struct sockaddr *)&ss);
+	return cidr_set_match(set, test_addr(text, &ss));
 }
 
 /* Nonzero when the domain name is in set. */

@@ -30,6 +30,7 @@
 #include "log.h"
 #include "smtp_parse.h"
 #include "test.h"
+#include "testpath.h"
 
 #define NELEM(a)	(sizeof(a) / sizeof((a)[0]))
 #define ROUNDS		150		/* random policies */
@@ -173,37 +174,12 @@ struct envbuf {
 	struct flt_env		 env;
 };
 
-/* Parses "<path>" as MAIL (is_rcpt 0) or RCPT argument; exits if bad. */
-static void
-parse_path(const char *path, int is_rcpt, char *buf, size_t size,
-    struct smtp_mailrcpt *m)
-{
-	int n;
-
-	n = snprintf(buf, size, "%s%s", is_rcpt ? "TO:" : "FROM:", path);
-	if (n < 0 || (size_t)n >= size ||
-	    smtp_mailrcpt_parse(buf, (size_t)n, is_rcpt, m) != SMTP_ARG_OK) {
-		fprintf(stderr, "bad test path %s\n", path);
-		exit(2);
-	}
-}
-
 /* Fills b->env for session s under pol. */
 static const struct flt_env *
 make_env(struct envbuf *b, const struct policy *pol, const struct sess *s)
 {
-	struct sockaddr_in	*sin = (struct sockaddr_in *)&b->ss;
-	struct sockaddr_in6	*sin6 = (struct sockaddr_in6 *)&b->ss;
-
 	memset(b, 0, sizeof(*b));
-	if (inet_pton(AF_INET, s->client, &sin->sin_addr) == 1)
-		sin->sin_family = AF_INET;
-	else if (inet_pton(AF_INET6, s->client, &sin6->sin6_addr) == 1)
-		sin6->sin6_family = AF_INET6;
-	else {
-		fprintf(stderr, "bad test address %s\n", s->client);
-		exit(2);
-	}
+	test_addr(s->client, &b->ss);
 	b->env.pol = pol;
 	b->env.scratch = scratch;
 	b->env.session = "test";
@@ -214,11 +190,11 @@ make_env(struct envbuf *b, const struct policy *pol, const struct sess *s)
 	b->env.client_name = s->name;
 	b->env.helo = s->helo;
 	if (s->from != NULL) {
-		parse_path(s->from, 0, b->fbuf, sizeof(b->fbuf), &b->from);
+		test_path(s->from, 0, b->fbuf, sizeof(b->fbuf), &b->from);
 		b->env.sender = &b->from.path;
 	}
 	if (s->rcpt != NULL) {
-		parse_path(s->rcpt, 1, b->rbuf, sizeof(b->rbuf), &b->rcpt);
+		test_path(s->rcpt, 1, b->rbuf, sizeof(b->rbuf), &b->rcpt);
 		b->env.rcpt = &b->rcpt.path;
 	}
 	if (s->header != NULL) {
