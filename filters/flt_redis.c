@@ -213,7 +213,11 @@ struct flt_redis {
 struct fr_ev {
 	redisAsyncContext	*ac;		/* NULL once hiredis cleaned up */
 	uv_poll_t		 poll;		/* on ac's socket */
+	uv_check_t		 flush;		/* writes what commands queued, once
+					 * per loop iteration */
 	int			 events;	/* UV_READABLE, UV_WRITABLE wanted */
+	int			 flushing;	/* inside fr_ev_flush_cb() */
+	int			 nopen;		/* handles not yet closed */
 };
 
 static int	fr_check(struct rl_store *, const struct rl_check *, size_t,
@@ -290,25 +294,63 @@ fr_ev_del_read(void *p)
 	fr_ev_update(p, 0, UV_READABLE);
 }
 
+/*
+ * Writes what the commands of this loop iteration queued, in one go, from
+ * the loop (never from within rl_check(), so errors are reported from the
+ * loop too).  Only what the kernel would not take waits for writability.
+ */
+static void
+fr_ev_flush_cb(uv_check_t *h)
+{
+	struct fr_ev *ev = h->data;
+
+	uv_check_stop(h);
+	if (ev->ac == NULL)
+		return;
+	ev->flushing = 1;
+	redisAsyncHandleWrite(ev->ac);
+	ev->flushing = 0;
+}
+
 static void
 fr_ev_add_write(void *p)
 {
-	fr_ev_update(p, UV_WRITABLE, 0);
+	struct fr_ev *ev = p;
+
+	/*
+	 * hiredis asks for write with every command.  Connected, the write
+	 * waits for the end of this iteration (no epoll_ctl); still
+	 * unwritten after a flush, or while connecting, for writability.
+	 */
+	if (!ev->flushing && ev->ac != NULL &&
+	    (ev->ac->c.flags & REDIS_CONNECTED)) {
+		if (!uv_is_active((uv_handle_t *)&ev->flush))
+			uv_check_start(&ev->flush, fr_ev_flush_cb);
+		return;
+	}
+	fr_ev_update(ev, UV_WRITABLE, 0);
 }
 
 static void
 fr_ev_del_write(void *p)
 {
-	fr_ev_update(p, 0, UV_WRITABLE);
+	struct fr_ev *ev = p;
+
+	uv_check_stop(&ev->flush);
+	fr_ev_update(ev, 0, UV_WRITABLE);
 }
 
 static void
 fr_ev_closed_cb(uv_handle_t *h)
 {
-	free(h->data);
+	struct fr_ev *ev = h->data;
+
+	if (--ev->nopen == 0)
+		free(ev);
 }
 
-/* hiredis is freeing the context: the poll goes, ev after its close_cb. */
+/* hiredis is freeing the context: the handles go, ev after their
+ * close_cb. */
 static void
 fr_ev_cleanup(void *p)
 {
@@ -316,6 +358,7 @@ fr_ev_cleanup(void *p)
 
 	ev->ac = NULL;
 	uv_close((uv_handle_t *)&ev->poll, fr_ev_closed_cb);
+	uv_close((uv_handle_t *)&ev->flush, fr_ev_closed_cb);
 }
 
 /* Hooks ac to loop.  Returns 0, or -1 (then nothing is left to free). */
@@ -330,7 +373,10 @@ fr_ev_attach(redisAsyncContext *ac, uv_loop_t *loop)
 		free(ev);
 		return -1;
 	}
+	uv_check_init(loop, &ev->flush);
 	ev->poll.data = ev;
+	ev->flush.data = ev;
+	ev->nopen = 2;
 	ev->ac = ac;
 	ac->ev.data = ev;
 	ac->ev.addRead = fr_ev_add_read;
