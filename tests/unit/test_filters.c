@@ -26,7 +26,7 @@
 #include "log.h"
 #include "smtp_parse.h"
 #include "test.h"
-#include "testpath.h"
+#include "testenv.h"
 
 #define NELEM(a)	(sizeof(a) / sizeof((a)[0]))
 #define STRIP		FLT_RW_STRIP_ROUTE
@@ -68,69 +68,17 @@ load(const char *name, const char *text)
 	return pol;
 }
 
-/* A session as the filters see it.  NULL fields are not set. */
-struct sess {
-	const char	*client;	/* address text, "192.0.2.7" */
-	const char	*name;		/* reverse name (NULL: "unknown") */
-	const char	*helo;		/* HELO argument (NULL: "") */
-	int		 auth;		/* authenticated */
-	const char	*from;		/* reverse path, "<a@b>" */
-	const char	*rcpt;		/* forward path, "<a@b>" */
-	const char	*header;	/* "Name: value", unfolded */
-};
-
-/* A filter environment and the storage it points to. */
-struct envbuf {
-	struct sockaddr_storage	 ss;
-	struct smtp_mailrcpt	 from, rcpt;
-	char			 fbuf[600], rbuf[600];
-	struct flt_env		 env;
-};
-
-/* Fills b->env for session s under pol. */
-static const struct flt_env *
-make_env(struct envbuf *b, const struct policy *pol, const struct sess *s)
-{
-	const char *client = s->client ? s->client : "192.0.2.1";
-
-	memset(b, 0, sizeof(*b));
-	test_addr(client, &b->ss);
-	b->env.pol = pol;
-	b->env.scratch = scratch;
-	b->env.session = "test";
-	b->env.hostname = "gate.example.test";
-	b->env.addr = (const struct sockaddr *)&b->ss;
-	b->env.addr_text = client;
-	b->env.port = 40000;
-	b->env.client_name = s->name ? s->name : "unknown";
-	b->env.helo = s->helo ? s->helo : "";
-	b->env.authenticated = s->auth;
-	if (s->from != NULL) {
-		test_path(s->from, 0, b->fbuf, sizeof(b->fbuf), &b->from);
-		b->env.sender = &b->from.path;
-	}
-	if (s->rcpt != NULL) {
-		test_path(s->rcpt, 1, b->rbuf, sizeof(b->rbuf), &b->rcpt);
-		b->env.rcpt = &b->rcpt.path;
-	}
-	if (s->header != NULL) {
-		b->env.header = s->header;
-		b->env.headerlen = strlen(s->header);
-	}
-	return &b->env;
-}
-
 /* Runs stage st for s under pol on a fresh run; the stage's result in *res. */
 static enum flt_verdict
-run_stage(const struct policy *pol, enum flt_stage st, const struct sess *s,
-    struct flt_result *res)
+run_stage(const struct policy *pol, enum flt_stage st,
+    const struct test_sess *s, struct flt_result *res)
 {
-	struct envbuf		 b;
+	struct test_envbuf	 b;
 	struct flt_run		 run;
 	enum flt_verdict	 v;
 
 	memset(&run, 0, sizeof(run));
-	v = flt_run_stage(&run, st, make_env(&b, pol, s));
+	v = flt_run_stage(&run, st, test_env(&b, pol, scratch, s));
 	CHECKF(run.state == FLT_RUN_DONE && run.res.verdict == v,
 	    "state %d, verdict %d/%d", run.state, run.res.verdict, v);
 	*res = run.res;
@@ -146,7 +94,7 @@ static const char *const verdict_names[] = {
 struct fcase {
 	int		 line;		/* __LINE__, for failure messages */
 	enum flt_stage	 st;		/* the stage run */
-	struct sess	 s;		/* the session */
+	struct test_sess	 s;		/* the session */
 	enum flt_verdict want;		/* the stage's verdict */
 	int		 code;		/* reply code; 0: not checked */
 	const char	*reply;		/* reply text; NULL: not checked */
@@ -693,13 +641,13 @@ static const struct fcase rules_cases[] = {
 
 /* The rules filter's own answer for one stage (not through a run). */
 static enum flt_verdict
-rules_hook(const struct policy *pol, enum flt_stage st, const struct sess *s,
-    struct flt_result *res)
+rules_hook(const struct policy *pol, enum flt_stage st,
+    const struct test_sess *s, struct flt_result *res)
 {
-	struct envbuf b;
+	struct test_envbuf b;
 
 	memset(res, 0, sizeof(*res));
-	return flt_rules.hook(st, make_env(&b, pol, s), res);
+	return flt_rules.hook(st, test_env(&b, pol, scratch, s), res);
 }
 
 /*
@@ -712,9 +660,9 @@ test_rules_warn(void)
 {
 	struct policy		*pol = load("warn", rules_policy);
 	struct flt_result	 r;
-	struct sess		 helo = { .helo = "fine.example" };
-	struct sess		 hdr = { .header = "X-Mailer: spamtool 2" };
-	struct sess		 both = { .header = "Subject: viagra" };
+	struct test_sess		 helo = { .helo = "fine.example" };
+	struct test_sess		 hdr = { .header = "X-Mailer: spamtool 2" };
+	struct test_sess		 both = { .header = "Subject: viagra" };
 
 	CHECK(rules_hook(pol, FLT_HELO, &helo, &r) == FLT_CONTINUE);
 	CHECKF(r.rule != NULL && strcmp(r.rule, "helo-any") == 0, "rule %s",
@@ -741,9 +689,9 @@ test_rules_headerlen(void)
 {
 	struct policy		*pol = load("headerlen", rules_policy);
 	struct flt_result	 r;
-	struct envbuf		 b;
-	struct sess		 s = { .header = "Subject: x" };
-	const struct flt_env	*env = make_env(&b, pol, &s);
+	struct test_envbuf	 b;
+	struct test_sess		 s = { .header = "Subject: x" };
+	const struct flt_env	*env = test_env(&b, pol, scratch, &s);
 	const char		 field[] = "Subject: no pills; viagra";
 	struct flt_env		 e = *env;
 
@@ -1009,22 +957,22 @@ test_async_reject(const struct policy *base)
 	struct policy		 pol;
 	struct flt_run		 run;
 	struct owner		 o;
-	struct envbuf		 b;
+	struct test_envbuf	 b;
 	struct flt_result	 r;
-	struct sess		 s = { UNTRUSTED, FROM("<a@b.example>"),
+	struct test_sess		 s = { UNTRUSTED, FROM("<a@b.example>"),
 				     RCPT("<@x.example:u@example.test>") };
 	struct flt_call		*call;
 
 	policy_with(&pol, base, order, NELEM(order));
 	run_init(&run, &o);
 	async_reset();
-	CHECK(flt_run_stage(&run, FLT_RCPT, make_env(&b, &pol, &s)) ==
+	CHECK(flt_run_stage(&run, FLT_RCPT, test_env(&b, &pol, scratch, &s)) ==
 	    FLT_PENDING);
 	CHECK(async_calls == 1 && tail_calls == 0 && o.resumed == 0);
 	CHECK(run.state == FLT_RUN_PENDING && run.call != NULL &&
 	    run.call == async_call && run.stage == FLT_RCPT);
 	/* Asked again before the answer: still pending, not run again. */
-	CHECK(flt_run_stage(&run, FLT_RCPT, make_env(&b, &pol, &s)) ==
+	CHECK(flt_run_stage(&run, FLT_RCPT, test_env(&b, &pol, scratch, &s)) ==
 	    FLT_PENDING);
 	CHECK(async_calls == 1 && o.resumed == 0);
 
@@ -1036,7 +984,7 @@ test_async_reject(const struct policy *base)
 	CHECK(run.call == NULL);
 
 	/* The verdict, without running any filter again. */
-	CHECK(flt_run_stage(&run, FLT_RCPT, make_env(&b, &pol, &s)) ==
+	CHECK(flt_run_stage(&run, FLT_RCPT, test_env(&b, &pol, scratch, &s)) ==
 	    FLT_REJECT);
 	CHECK(run.res.verdict == FLT_REJECT && run.res.code == 550 &&
 	    strcmp(run.res.reply, "5.7.1 Looked up: no") == 0);
@@ -1060,16 +1008,16 @@ test_async_continue(const struct policy *base)
 	struct policy		 pol;
 	struct flt_run		 run;
 	struct owner		 o;
-	struct envbuf		 b;
+	struct test_envbuf	 b;
 	struct flt_result	 r;
-	struct sess		 s = { UNTRUSTED, FROM("<a@b.example>"),
+	struct test_sess		 s = { UNTRUSTED, FROM("<a@b.example>"),
 				     RCPT("<u@example.test>") };
-	struct sess		 fresh = s;
+	struct test_sess		 fresh = s;
 
 	policy_with(&pol, base, order, NELEM(order));
 	run_init(&run, &o);
 	async_reset();
-	CHECK(flt_run_stage(&run, FLT_RCPT, make_env(&b, &pol, &s)) ==
+	CHECK(flt_run_stage(&run, FLT_RCPT, test_env(&b, &pol, scratch, &s)) ==
 	    FLT_PENDING);
 	r = answer(FLT_CONTINUE, 0, NULL, STRIP);
 	CHECK(flt_resume(async_call, &r) == 1);
@@ -1078,7 +1026,7 @@ test_async_continue(const struct policy *base)
 
 	/* A fresh env: the remaining filters see it. */
 	fresh.rcpt = "<v@example.test>";
-	CHECK(flt_run_stage(&run, FLT_RCPT, make_env(&b, &pol, &fresh)) ==
+	CHECK(flt_run_stage(&run, FLT_RCPT, test_env(&b, &pol, scratch, &fresh)) ==
 	    FLT_REJECT);
 	CHECK(async_calls == 1 && tail_calls == 1);
 	CHECK(strcmp(tail_rcpt, "v@example.test") == 0);
@@ -1099,31 +1047,31 @@ test_async_continue_last(const struct policy *base)
 	struct policy		 pol;
 	struct flt_run		 run;
 	struct owner		 o;
-	struct envbuf		 b;
+	struct test_envbuf	 b;
 	struct flt_result	 r;
-	struct sess		 s = { UNTRUSTED, FROM("<a@b.example>") };
+	struct test_sess		 s = { UNTRUSTED, FROM("<a@b.example>") };
 
 	policy_with(&pol, base, order, NELEM(order));
 	run_init(&run, &o);
 	async_reset();
-	CHECK(flt_run_stage(&run, FLT_MAIL, make_env(&b, &pol, &s)) ==
+	CHECK(flt_run_stage(&run, FLT_MAIL, test_env(&b, &pol, scratch, &s)) ==
 	    FLT_PENDING);
 	r = answer(FLT_CONTINUE, 0, NULL, 0);
 	CHECK(flt_resume(async_call, &r) == 1 && o.resumed == 1);
-	CHECK(flt_run_stage(&run, FLT_MAIL, make_env(&b, &pol, &s)) ==
+	CHECK(flt_run_stage(&run, FLT_MAIL, test_env(&b, &pol, scratch, &s)) ==
 	    FLT_CONTINUE);
 	CHECK(run.state == FLT_RUN_DONE && run.res.verdict == FLT_CONTINUE &&
 	    async_calls == 1);
 	/* Asked again: the same verdict, no filter run. */
-	CHECK(flt_run_stage(&run, FLT_MAIL, make_env(&b, &pol, &s)) ==
+	CHECK(flt_run_stage(&run, FLT_MAIL, test_env(&b, &pol, scratch, &s)) ==
 	    FLT_CONTINUE && async_calls == 1);
 	flt_run_reset(&run);
 	/* After the reset the stage runs anew. */
-	CHECK(flt_run_stage(&run, FLT_MAIL, make_env(&b, &pol, &s)) ==
+	CHECK(flt_run_stage(&run, FLT_MAIL, test_env(&b, &pol, scratch, &s)) ==
 	    FLT_PENDING && async_calls == 2);
 	r = answer(FLT_ACCEPT, 0, NULL, 0);
 	CHECK(flt_resume(async_call, &r) == 1 && o.resumed == 2);
-	CHECK(flt_run_stage(&run, FLT_MAIL, make_env(&b, &pol, &s)) ==
+	CHECK(flt_run_stage(&run, FLT_MAIL, test_env(&b, &pol, scratch, &s)) ==
 	    FLT_ACCEPT);
 	flt_run_reset(&run);
 }
@@ -1138,26 +1086,26 @@ test_async_twice(const struct policy *base)
 	struct policy		 pol;
 	struct flt_run		 run;
 	struct owner		 o;
-	struct envbuf		 b;
+	struct test_envbuf	 b;
 	struct flt_result	 r;
-	struct sess		 s = { UNTRUSTED, FROM("<a@b.example>"),
+	struct test_sess		 s = { UNTRUSTED, FROM("<a@b.example>"),
 				     RCPT("<u@example.test>") };
 
 	policy_with(&pol, base, order, NELEM(order));
 	run_init(&run, &o);
 	async_reset();
-	CHECK(flt_run_stage(&run, FLT_RCPT, make_env(&b, &pol, &s)) ==
+	CHECK(flt_run_stage(&run, FLT_RCPT, test_env(&b, &pol, scratch, &s)) ==
 	    FLT_PENDING);
 	r = answer(FLT_CONTINUE, 0, NULL, 0);
 	CHECK(flt_resume(async_call, &r) == 1 && o.resumed == 1);
-	CHECK(flt_run_stage(&run, FLT_RCPT, make_env(&b, &pol, &s)) ==
+	CHECK(flt_run_stage(&run, FLT_RCPT, test_env(&b, &pol, scratch, &s)) ==
 	    FLT_PENDING);
 	CHECK(async_calls == 2 && tail_calls == 0 &&
 	    run.state == FLT_RUN_PENDING);
 	r = answer(FLT_TEMPFAIL, 451, "4.7.1 Later", 0);
 	CHECK(flt_resume(async_call, &r) == 1 && o.resumed == 2 &&
 	    o.state == FLT_RUN_DONE);
-	CHECK(flt_run_stage(&run, FLT_RCPT, make_env(&b, &pol, &s)) ==
+	CHECK(flt_run_stage(&run, FLT_RCPT, test_env(&b, &pol, scratch, &s)) ==
 	    FLT_TEMPFAIL);
 	CHECK(run.res.code == 451 && tail_calls == 0);
 	flt_run_reset(&run);
@@ -1171,20 +1119,20 @@ test_stage_change(const struct policy *base)
 	struct policy		 pol;
 	struct flt_run		 run;
 	struct owner		 o;
-	struct envbuf		 b;
-	struct sess		 s = { UNTRUSTED, FROM("<a@b.example>"),
+	struct test_envbuf	 b;
+	struct test_sess		 s = { UNTRUSTED, FROM("<a@b.example>"),
 				     RCPT("<u@example.test>") };
 
 	policy_with(&pol, base, order, NELEM(order));
 	run_init(&run, &o);
 	async_reset();
-	CHECK(flt_run_stage(&run, FLT_MAIL, make_env(&b, &pol, &s)) ==
+	CHECK(flt_run_stage(&run, FLT_MAIL, test_env(&b, &pol, scratch, &s)) ==
 	    FLT_CONTINUE);
-	CHECK(flt_run_stage(&run, FLT_RCPT, make_env(&b, &pol, &s)) ==
+	CHECK(flt_run_stage(&run, FLT_RCPT, test_env(&b, &pol, scratch, &s)) ==
 	    FLT_REJECT && tail_calls == 1);
-	CHECK(flt_run_stage(&run, FLT_RCPT, make_env(&b, &pol, &s)) ==
+	CHECK(flt_run_stage(&run, FLT_RCPT, test_env(&b, &pol, scratch, &s)) ==
 	    FLT_REJECT && tail_calls == 1);
-	CHECK(flt_run_stage(&run, FLT_MAIL, make_env(&b, &pol, &s)) ==
+	CHECK(flt_run_stage(&run, FLT_MAIL, test_env(&b, &pol, scratch, &s)) ==
 	    FLT_CONTINUE && run.stage == FLT_MAIL);
 	flt_run_reset(&run);
 	CHECK(o.resumed == 0);
@@ -1200,9 +1148,9 @@ test_async_abandon(const struct policy *base)
 	struct policy		 pol;
 	struct flt_run		*run;
 	struct owner		 o;
-	struct envbuf		 b;
+	struct test_envbuf	 b;
 	struct flt_result	 r;
-	struct sess		 s = { UNTRUSTED, FROM("<a@b.example>"),
+	struct test_sess		 s = { UNTRUSTED, FROM("<a@b.example>"),
 				     RCPT("<u@example.test>") };
 	struct flt_call		*call;
 	int			 i;
@@ -1214,7 +1162,7 @@ test_async_abandon(const struct policy *base)
 			exit(2);
 		run_init(run, &o);
 		async_reset();
-		CHECK(flt_run_stage(run, FLT_RCPT, make_env(&b, &pol, &s)) ==
+		CHECK(flt_run_stage(run, FLT_RCPT, test_env(&b, &pol, scratch, &s)) ==
 		    FLT_PENDING);
 		call = async_call;
 		flt_run_abandon(run);
@@ -1235,7 +1183,7 @@ test_async_abandon(const struct policy *base)
 	run_init(run, &o);
 	flt_run_abandon(run);
 	CHECK(run->state == FLT_RUN_IDLE && run->call == NULL);
-	CHECK(flt_run_stage(run, FLT_MAIL, make_env(&b, &pol, &s)) ==
+	CHECK(flt_run_stage(run, FLT_MAIL, test_env(&b, &pol, scratch, &s)) ==
 	    FLT_PENDING);
 	r = answer(FLT_REJECT, 550, "5.7.1 No", 0);
 	CHECK(flt_resume(async_call, &r) == 1 && o.resumed == 1);

@@ -30,7 +30,7 @@
 #include "log.h"
 #include "smtp_parse.h"
 #include "test.h"
-#include "testpath.h"
+#include "testenv.h"
 
 #define NELEM(a)	(sizeof(a) / sizeof((a)[0]))
 #define ROUNDS		150		/* random policies */
@@ -156,54 +156,6 @@ load(const char *text)
 	return pol;
 }
 
-/* A session as the rules see it; NULL fields are not set. */
-struct sess {
-	const char	*client;	/* address text */
-	const char	*name;		/* reverse name */
-	const char	*helo;		/* HELO argument */
-	const char	*from;		/* reverse path, "<a@b>" */
-	const char	*rcpt;		/* forward path */
-	const char	*header;	/* "Name: value" */
-};
-
-/* A filter environment and the storage it points to. */
-struct envbuf {
-	struct sockaddr_storage	 ss;
-	struct smtp_mailrcpt	 from, rcpt;
-	char			 fbuf[300], rbuf[300];
-	struct flt_env		 env;
-};
-
-/* Fills b->env for session s under pol. */
-static const struct flt_env *
-make_env(struct envbuf *b, const struct policy *pol, const struct sess *s)
-{
-	memset(b, 0, sizeof(*b));
-	test_addr(s->client, &b->ss);
-	b->env.pol = pol;
-	b->env.scratch = scratch;
-	b->env.session = "test";
-	b->env.hostname = "gate.example.test";
-	b->env.addr = (const struct sockaddr *)&b->ss;
-	b->env.addr_text = s->client;
-	b->env.port = 40000;
-	b->env.client_name = s->name;
-	b->env.helo = s->helo;
-	if (s->from != NULL) {
-		test_path(s->from, 0, b->fbuf, sizeof(b->fbuf), &b->from);
-		b->env.sender = &b->from.path;
-	}
-	if (s->rcpt != NULL) {
-		test_path(s->rcpt, 1, b->rbuf, sizeof(b->rbuf), &b->rcpt);
-		b->env.rcpt = &b->rcpt.path;
-	}
-	if (s->header != NULL) {
-		b->env.header = s->header;
-		b->env.headerlen = strlen(s->header);
-	}
-	return &b->env;
-}
-
 /* What a stage gave: the result and the rules logged as matching. */
 struct outcome {
 	enum flt_verdict	 verdict;	/* the stage's verdict */
@@ -241,9 +193,9 @@ read_logged(struct outcome *o)
  * back for the rules logged. */
 static void
 run_indexed(const struct policy *pol, enum flt_stage st,
-    const struct sess *s, struct outcome *o)
+    const struct test_sess *s, struct outcome *o)
 {
-	struct envbuf		 b;
+	struct test_envbuf	 b;
 	struct flt_run		 run;
 
 	memset(&run, 0, sizeof(run));
@@ -251,7 +203,7 @@ run_indexed(const struct policy *pol, enum flt_stage st,
 	if (ftruncate(logfd, 0) != 0 || lseek(logfd, 0, SEEK_SET) != 0 ||
 	    dup2(logfd, STDERR_FILENO) == -1)
 		exit(2);
-	o->verdict = flt_run_stage(&run, st, make_env(&b, pol, s));
+	o->verdict = flt_run_stage(&run, st, test_env(&b, pol, scratch, s));
 	if (dup2(errfd, STDERR_FILENO) == -1)
 		exit(2);
 	o->code = run.res.code;
@@ -265,14 +217,14 @@ run_indexed(const struct policy *pol, enum flt_stage st,
  * that matches with an action other than warn decides. */
 static void
 run_reference(const struct policy *pol, enum pol_stage ps,
-    const struct sess *s, struct outcome *o)
+    const struct test_sess *s, struct outcome *o)
 {
 	static const enum flt_verdict verdicts[] = {
 		[POL_REJECT] = FLT_REJECT, [POL_TEMPFAIL] = FLT_TEMPFAIL,
 		[POL_REFUSE] = FLT_REFUSE, [POL_ACCEPT] = FLT_ACCEPT,
 	};
-	struct envbuf		 b;
-	const struct flt_env	*env = make_env(&b, pol, s);
+	struct test_envbuf	 b;
+	const struct flt_env	*env = test_env(&b, pol, scratch, s);
 	const struct pol_rule	*r;
 	size_t			 i;
 
@@ -411,7 +363,7 @@ random_policy(char *buf, size_t size, size_t n)
 
 /* A random session. */
 static void
-random_session(struct sess *s)
+random_session(struct test_sess *s)
 {
 	s->client = PICK(s_clients);
 	s->name = PICK(s_names);
@@ -437,7 +389,7 @@ test_random(void)
 	static char		 text[MAX_RULES * 400];
 	struct policy		*pol;
 	struct outcome		 got, want;
-	struct sess		 s, at;
+	struct test_sess		 s, at;
 	char			 what[512];
 	size_t			 round, i, j, bad = 0, decided = 0, warned = 0;
 
@@ -519,7 +471,7 @@ static const char hand_policy[] =
 static const struct hcase {
 	int		 line;		/* __LINE__ */
 	enum flt_stage	 st;		/* the stage run */
-	struct sess	 s;		/* the session */
+	struct test_sess	 s;		/* the session */
 	enum flt_verdict want;		/* verdict */
 	const char	*rule;		/* rule named, or NULL */
 	size_t		 nlogged;	/* rules logged */
@@ -563,7 +515,7 @@ test_hand(void)
 	struct policy		*pol = load(hand_policy);
 	const struct hcase	*c;
 	struct outcome		 got;
-	struct sess		 s;
+	struct test_sess		 s;
 	size_t			 i;
 
 	for (i = 0; i < NELEM(hand_cases); i++) {
