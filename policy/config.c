@@ -22,10 +22,12 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <openssl/ssl.h>
 #include <yaml.h>
 
 #include "config.h"
 #include "policy.h"
+#include "tlsio.h"
 #include "yamlutil.h"
 
 #define CFG_FILE_MAX	(1024 * 1024)	/* larger is not a config file */
@@ -47,7 +49,12 @@ enum cfg_type {
 	CT_HOST,	/* host name, into a char[max] */
 	CT_PATH,	/* file name, into a malloc'd char * made absolute */
 	CT_STRING,	/* printable ASCII text, into a char[max] */
-	CT_ONERROR	/* allow/tempfail, into a bool (true: tempfail) */
+	CT_ONERROR,	/* allow/tempfail, into a bool (true: tempfail) */
+	CT_TLSMODE,	/* none/starttls/implicit, into an enum cfg_tls */
+	CT_BETLS,	/* none/opportunistic/required, into an enum cfg_be_tls */
+	CT_TLSVER,	/* TLSv1.2/TLSv1.3, into an unsigned (OpenSSL's number) */
+	CT_CIDRS	/* list of networks ("10.0.0.0/8", "::1"), into a
+			 * struct cidr_set * */
 };
 
 /* One key a map may hold.  A table of these ends with a NULL name. */
@@ -82,6 +89,9 @@ struct cfg_ctx {
 	struct yu_errs	 errs;		/* errors found so far */
 	struct cfg_seen	 seen[64];	/* scalar settings given so far */
 	size_t		 nseen;		/* entries used in seen */
+	yaml_mark_t	 listen_mark[CFG_MAX_LISTEN];	/* where each listen:
+					 * entry starts, for later checks */
+	yaml_mark_t	 backend_mark;	/* where backend: starts */
 };
 
 #define C(f)	offsetof(struct config, f)
@@ -98,9 +108,21 @@ static const struct cfg_key log_keys[] = {
 	KEND
 };
 
-/* Offsets here are from the start of one struct cfg_addr. */
+/* Offsets here are from the start of one struct cfg_listen. */
+#define L(f)	offsetof(struct cfg_listen, f)
+#define LV(n, t, f, lo, hi)	{ n, t, L(f), lo, hi, NULL, 0, 0 }
 static const struct cfg_key listen_keys[] = {
-	{ "address", CT_ADDR, 0, 0, 0, NULL, 0, 1 },
+	{ "address", CT_ADDR, L(addr), 0, 0, NULL, 0, 1 },
+	LV("tls",		CT_TLSMODE,  tls,		0, 0),
+	LV("require_tls",	CT_BOOL,     require_tls,	0, 0),
+	LV("cert_file",		CT_PATH,     cert_file,		0, 0),
+	LV("key_file",		CT_PATH,     key_file,		0, 0),
+	LV("ciphers",		CT_STRING,   ciphers,		0,
+	    sizeof(((struct cfg_listen *)0)->ciphers)),
+	LV("min_protocol",	CT_TLSVER,   min_tls,		0, 0),
+	LV("auth",		CT_BOOL,     auth,		0, 0),
+	LV("proxy_protocol",	CT_BOOL,     proxy_protocol,	0, 0),
+	LV("proxy_from",	CT_CIDRS,    proxy_from,	0, 0),
 	KEND
 };
 
@@ -122,6 +144,15 @@ static const struct cfg_key backend_keys[] = {
 	KV("xclient",		CT_BOOL,     xclient,		0, 0),
 	KV("helo_name",		CT_HOST,     backend_helo,	0, HOSTSZ),
 	KM("timeouts",		backend_timeout_keys, 0),
+	KV("tls",		CT_BETLS,    be_tls,		0, 0),
+	KV("ca_file",		CT_PATH,     be_ca_file,	0, 0),
+	KV("verify",		CT_BOOL,     be_verify,		0, 0),
+	KV("tls_name",		CT_HOST,     be_tls_name,	0, HOSTSZ),
+	KEND
+};
+
+static const struct cfg_key auth_keys[] = {
+	KV("users_file",	CT_PATH,     auth_users,	0, 0),
 	KEND
 };
 
@@ -176,10 +207,30 @@ static const struct cfg_key root_keys[] = {
 	KM("smtp",		smtp_keys, 0),
 	KV("policy",		CT_PATH,     policy_path,	0, 0),
 	KM("redis",		redis_keys, 0),
+	KM("auth",		auth_keys, 0),
 	KEND
 };
 
 static const char *log_levels[] = { "error", "warning", "info", "debug" };
+
+/* The words of the enumerated types, in their enums' order. */
+static const char *const tls_modes[] = { "none", "starttls", "implicit" };
+static const char *const be_tls_modes[] = { "none", "opportunistic",
+    "required" };
+static const char *const tls_versions[] = { "TLSv1.2", "TLSv1.3" };
+static const unsigned tls_version_ids[] = { TLS1_2_VERSION, TLS1_3_VERSION };
+
+/* Returns the index of s in words[0..n), case-insensitive, or -1. */
+static int
+cfg_word(const char *s, const char *const *words, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (strcasecmp(s, words[i]) == 0)
+			return (int)i;
+	return -1;
+}
 
 /*
  * Records an error at mark (0-based, as libyaml gives it), or for the whole
@@ -228,6 +279,14 @@ cfg_expect(const struct cfg_key *k)
 		return "a text of printable characters";
 	case CT_ONERROR:
 		return "allow or tempfail";
+	case CT_TLSMODE:
+		return "one of none, starttls, implicit";
+	case CT_BETLS:
+		return "one of none, opportunistic, required";
+	case CT_TLSVER:
+		return "TLSv1.2 or TLSv1.3";
+	case CT_CIDRS:
+		return "a list of networks such as [127.0.0.1, 10.0.0.0/8]";
 	}
 	return "a value";
 }
@@ -361,14 +420,109 @@ static void cfg_walk_map(struct cfg_ctx *, const yaml_node_t *,
     const struct cfg_key *, char *, const char *);
 
 /*
- * Reads a list (CT_LISTEN or CT_ADDRS) from node v into the cfg_addr array
- * at base + k->off and its count at base + k->noff.
+ * Reads the list of networks at v into a struct cidr_set * at dst (the
+ * old one, if any, is replaced).
+ */
+static void
+cfg_cidrs(struct cfg_ctx *c, const struct cfg_key *k, const yaml_node_t *v,
+    void *dst, const char *path)
+{
+	struct cidr		 nets[64];
+	const yaml_node_t	*item;
+	yaml_node_item_t	*it;
+	const char		*why;
+	char			 got[80];
+	size_t			 n = 0, errs = c->errs.n;
+
+	if (v->type != YAML_SEQUENCE_NODE) {
+		cfg_error(c, &v->start_mark, "%s: expected %s, got %s", path,
+		    cfg_expect(k), yu_got(v, got, sizeof(got)));
+		return;
+	}
+	for (it = v->data.sequence.items.start;
+	    it < v->data.sequence.items.top; it++) {
+		item = yaml_document_get_node(c->doc, *it);
+		if (n == sizeof(nets) / sizeof(nets[0])) {
+			cfg_error(c, &item->start_mark, "%s: too many entries "
+			    "(at most %zu)", path, n);
+			return;
+		}
+		if (item->type != YAML_SCALAR_NODE || yu_isempty(item))
+			cfg_error(c, &item->start_mark, "%s[%zu]: expected a "
+			    "network such as 10.0.0.0/8, got %s", path, n,
+			    yu_got(item, got, sizeof(got)));
+		else if ((why = cidr_parse((const char *)
+		    item->data.scalar.value, &nets[n])) != NULL)
+			cfg_error(c, &item->start_mark, "%s[%zu]: %s: %s",
+			    path, n, yu_got(item, got, sizeof(got)), why);
+		n++;
+	}
+	if (c->errs.n != errs)
+		return;
+	cidr_set_free(*(struct cidr_set **)dst);
+	if ((*(struct cidr_set **)dst = cidr_set_new(nets, n)) == NULL)
+		yu_oom();
+}
+
+/*
+ * Checks what one listen: entry l (node item, name ipath) says about TLS,
+ * AUTH and PROXY, and builds its TLS context.
+ */
+static void
+cfg_listen_check(struct cfg_ctx *c, const yaml_node_t *item,
+    struct cfg_listen *l, const char *ipath)
+{
+	struct tlsio_server_params	 p;
+	char				 err[256];
+
+	if (l->min_tls == 0)
+		l->min_tls = TLS1_2_VERSION;
+	if (l->require_tls && l->tls != CFG_TLS_STARTTLS)
+		cfg_error(c, &item->start_mark, "%s: require_tls needs "
+		    "tls: starttls", ipath);
+	if (l->auth && l->tls == CFG_TLS_NONE)
+		cfg_error(c, &item->start_mark, "%s: auth needs tls: starttls "
+		    "or implicit (AUTH is offered only under TLS)", ipath);
+	if (l->proxy_from != NULL && !l->proxy_protocol)
+		cfg_error(c, &item->start_mark, "%s: proxy_from needs "
+		    "proxy_protocol: true", ipath);
+	if (l->proxy_protocol && l->proxy_from == NULL) {
+		struct cidr lo[2];
+
+		/* Default: the proxy runs on this host. */
+		if (cidr_parse("127.0.0.0/8", &lo[0]) != NULL ||
+		    cidr_parse("::1", &lo[1]) != NULL ||
+		    (l->proxy_from = cidr_set_new(lo, 2)) == NULL)
+			yu_oom();
+	}
+	if (l->tls == CFG_TLS_NONE)
+		return;
+	if (l->cert_file == NULL || l->key_file == NULL) {
+		cfg_error(c, &item->start_mark, "%s: tls: %s needs cert_file "
+		    "and key_file", ipath, tls_modes[l->tls]);
+		return;
+	}
+	p.cert_file = l->cert_file;
+	p.key_file = l->key_file;
+	p.ciphers = l->ciphers;
+	p.min_version = (int)l->min_tls;
+	if ((l->tls_ctx = tlsio_server_ctx(&p, err, sizeof(err))) == NULL)
+		cfg_error(c, &item->start_mark, "%s: cannot use cert_file %s "
+		    "and key_file %s: %s", ipath, l->cert_file, l->key_file,
+		    err);
+}
+
+/*
+ * Reads a list (CT_LISTEN into a cfg_listen array, CT_ADDRS into a
+ * cfg_addr array) from node v at base + k->off, its count at
+ * base + k->noff.
  */
 static void
 cfg_walk_list(struct cfg_ctx *c, const struct cfg_key *k, const yaml_node_t *v,
     char *base, const char *path)
 {
 	struct cfg_addr		*arr = (struct cfg_addr *)(base + k->off);
+	struct cfg_listen	*ls = (struct cfg_listen *)(base + k->off);
 	unsigned		*count = (unsigned *)(base + k->noff);
 	const yaml_node_t	*item;
 	yaml_node_item_t	*it;
@@ -393,17 +547,20 @@ cfg_walk_list(struct cfg_ctx *c, const struct cfg_key *k, const yaml_node_t *v,
 			    ipath, yu_got(item, got, sizeof(got)));
 		} else if (k->type == CT_LISTEN) {
 			errs = c->errs.n;
-			cfg_walk_map(c, item, k->sub, (char *)&arr[*count],
+			cfg_walk_map(c, item, k->sub, (char *)&ls[*count],
 			    ipath);
 			for (i = 0; c->errs.n == errs && i < *count; i++) {
-				if (arr[i].sslen != arr[*count].sslen ||
-				    memcmp(&arr[i].ss, &arr[*count].ss,
-				    arr[i].sslen) != 0)
+				if (ls[i].addr.sslen != ls[*count].addr.sslen ||
+				    memcmp(&ls[i].addr.ss, &ls[*count].addr.ss,
+				    ls[i].addr.sslen) != 0)
 					continue;
 				cfg_error(c, &item->start_mark, "%s.address: "
 				    "%s is already listed as %s[%u]", ipath,
-				    arr[*count].text, path, i);
+				    ls[*count].addr.text, path, i);
 			}
+			if (c->errs.n == errs)
+				cfg_listen_check(c, item, &ls[*count], ipath);
+			c->listen_mark[*count] = item->start_mark;
 		} else if (item->type != YAML_SCALAR_NODE ||
 		    yu_isempty(item)) {
 			cfg_error(c, &item->start_mark, "%s: expected %s, got "
@@ -443,6 +600,10 @@ cfg_set(struct cfg_ctx *c, const struct cfg_key *k, const yaml_node_t *kn,
 	size_t		 i;
 	int		 r;
 
+	if (k->type == CT_CIDRS) {
+		cfg_cidrs(c, k, v, dst, path);
+		return;
+	}
 	if (k->type == CT_MAP || k->type == CT_LISTEN || k->type == CT_ADDRS) {
 		if (v->type != (k->type == CT_MAP ? YAML_MAPPING_NODE :
 		    YAML_SEQUENCE_NODE))
@@ -549,6 +710,22 @@ cfg_set(struct cfg_ctx *c, const struct cfg_key *k, const yaml_node_t *kn,
 			cfg_error(c, &v->start_mark, "%s: expected %s, got %s",
 			    path, cfg_expect(k), yu_got(v, got, sizeof(got)));
 		break;
+	case CT_TLSMODE:
+	case CT_BETLS:
+	case CT_TLSVER:
+		r = k->type == CT_TLSMODE ? cfg_word(s, tls_modes, 3) :
+		    k->type == CT_BETLS ? cfg_word(s, be_tls_modes, 3) :
+		    cfg_word(s, tls_versions, 2);
+		if (r < 0)
+			cfg_error(c, &v->start_mark, "%s: expected %s, got %s",
+			    path, cfg_expect(k), yu_got(v, got, sizeof(got)));
+		else if (k->type == CT_TLSMODE)
+			*(enum cfg_tls *)dst = (enum cfg_tls)r;
+		else if (k->type == CT_BETLS)
+			*(enum cfg_be_tls *)dst = (enum cfg_be_tls)r;
+		else
+			*(unsigned *)dst = tls_version_ids[r];
+		break;
 	case CT_PATH:
 		if (s[0] == '\0') {
 			cfg_error(c, &v->start_mark, "%s: expected %s, got %s",
@@ -620,6 +797,68 @@ cfg_walk_map(struct cfg_ctx *c, const yaml_node_t *map,
 	cfg_required(c, keys, seen, &map->start_mark, prefix);
 }
 
+/* Returns the value of key name in map, or NULL. */
+static const yaml_node_t *
+cfg_find(struct cfg_ctx *c, const yaml_node_t *map, const char *name)
+{
+	const yaml_node_pair_t	*p;
+	const yaml_node_t	*k;
+
+	for (p = map->data.mapping.pairs.start;
+	    p < map->data.mapping.pairs.top; p++) {
+		k = yaml_document_get_node(c->doc, p->key);
+		if (k != NULL && k->type == YAML_SCALAR_NODE &&
+		    strcmp((const char *)k->data.scalar.value, name) == 0)
+			return yaml_document_get_node(c->doc, p->value);
+	}
+	return NULL;
+}
+
+/* Returns whether a key set the field dst. */
+static bool
+cfg_was_set(const struct cfg_ctx *c, const void *dst)
+{
+	size_t i;
+
+	for (i = 0; i < c->nseen; i++)
+		if (c->seen[i].dst == dst)
+			return true;
+	return false;
+}
+
+/*
+ * The checks that span sections (auth: and the listeners), and the
+ * backend's TLS context; root is the top-level map.
+ */
+static void
+cfg_tls_check(struct cfg_ctx *c, const yaml_node_t *root)
+{
+	struct config			*cfg = c->cfg;
+	struct tlsio_client_params	 p;
+	const yaml_node_t		*be;
+	char				 err[256];
+	unsigned			 i;
+
+	for (i = 0; i < cfg->nlisten; i++)
+		if (cfg->listen[i].auth && cfg->auth_users == NULL)
+			cfg_error(c, &c->listen_mark[i], "listen[%u]: auth "
+			    "needs auth: users_file:", i);
+	if (cfg->be_tls == CFG_BETLS_NONE)
+		return;
+	/* Opportunistic TLS verifies only when told to. */
+	if (!cfg_was_set(c, &cfg->be_verify))
+		cfg->be_verify = cfg->be_tls == CFG_BETLS_REQUIRED;
+	p.ca_file = cfg->be_ca_file;
+	p.verify = cfg->be_verify;
+	if ((cfg->be_tls_ctx = tlsio_client_ctx(&p, err, sizeof(err))) ==
+	    NULL) {
+		be = cfg_find(c, root, "backend");
+		cfg_error(c, be != NULL ? &be->start_mark : NULL, "backend: "
+		    "cannot set up TLS: %s%s%s", err, cfg->be_ca_file ?
+		    ": " : "", cfg->be_ca_file ? cfg->be_ca_file : "");
+	}
+}
+
 /* Returns the number of workers to run when the file says 0. */
 static unsigned
 cfg_ncpu(void)
@@ -660,6 +899,7 @@ config_defaults(struct config *cfg)
 	cfg->to_be_data_done = 10 * 60 * 1000;
 	cfg->smtp_expn = false;
 	cfg->smtp_reverse_dns = true;
+	cfg->be_verify = true;
 	strcpy(cfg->redis_prefix, "smtpgate:");
 	cfg->redis_timeout = 50;
 	cfg->failure_window = 10 * 60 * 1000;
@@ -700,8 +940,10 @@ config_load(const char *path, char **errors)
 			cfg_error(&c, &root->start_mark, "expected a map "
 			    "of settings at the top level, got %s",
 			    yu_got(root, got, sizeof(got)));
-		else
+		else {
 			cfg_walk_map(&c, root, root_keys, (char *)cfg, "");
+			cfg_tls_check(&c, root);
+		}
 		yaml_document_delete(&doc);
 	}
 	free(data);
@@ -741,12 +983,38 @@ config_ref(struct config *cfg)
 void
 config_unref(struct config *cfg)
 {
+	unsigned i;
+
 	if (cfg == NULL || atomic_fetch_sub(&cfg->refs, 1) != 1)
 		return;
+	for (i = 0; i < CFG_MAX_LISTEN; i++) {
+		free(cfg->listen[i].cert_file);
+		free(cfg->listen[i].key_file);
+		cidr_set_free(cfg->listen[i].proxy_from);
+		tlsio_ctx_free(cfg->listen[i].tls_ctx);
+	}
+	free(cfg->be_ca_file);
+	tlsio_ctx_free(cfg->be_tls_ctx);
+	free(cfg->auth_users);
 	free(cfg->path);
 	free(cfg->policy_path);
 	policy_unref(cfg->policy);
 	free(cfg);
+}
+
+bool
+config_same_listen(const struct config *a, const struct config *b)
+{
+	unsigned i;
+
+	if (a->nlisten != b->nlisten)
+		return false;
+	for (i = 0; i < a->nlisten; i++)
+		if (a->listen[i].addr.sslen != b->listen[i].addr.sslen ||
+		    memcmp(&a->listen[i].addr.ss, &b->listen[i].addr.ss,
+		    a->listen[i].addr.sslen) != 0)
+			return false;
+	return true;
 }
 
 int

@@ -25,6 +25,36 @@ struct cfg_addr {
 	char			 text[80];	/* as written, e.g. "127.0.0.1:2525" */
 };
 
+/* A listener's TLS: none, STARTTLS (RFC 3207), or TLS from the first byte. */
+enum cfg_tls { CFG_TLS_NONE, CFG_TLS_STARTTLS, CFG_TLS_IMPLICIT };
+
+/* TLS to the backend: never, when it offers STARTTLS, or always. */
+enum cfg_be_tls { CFG_BETLS_NONE, CFG_BETLS_OPPORTUNISTIC, CFG_BETLS_REQUIRED };
+
+struct tlsio_ctx;
+struct cidr_set;
+
+/* One listen: entry. */
+struct cfg_listen {
+	struct cfg_addr	 addr;		/* address: (first: the "address" key
+					 * is read at offset 0) */
+	enum cfg_tls	 tls;		/* tls: (none) */
+	bool		 require_tls;	/* require_tls: MAIL before STARTTLS
+					 * gets 530 5.7.0 */
+	char		*cert_file;	/* cert_file: PEM chain (malloc'd) */
+	char		*key_file;	/* key_file: PEM key (malloc'd) */
+	char		 ciphers[512];	/* ciphers: TLS 1.2 list ("": default) */
+	unsigned	 min_tls;	/* min_protocol: TLS1_2_VERSION or
+					 * TLS1_3_VERSION */
+	bool		 auth;		/* auth: offer SMTP AUTH (under TLS) */
+	bool		 proxy_protocol;	/* proxy_protocol: a PROXY v1/v2
+					 * header comes first */
+	struct cidr_set	*proxy_from;	/* proxy_from: who may send it
+					 * (default: loopback) */
+	struct tlsio_ctx *tls_ctx;	/* built from the above when tls is
+					 * not none; freed with the config */
+};
+
 /* All durations are in milliseconds. */
 struct policy;
 
@@ -44,7 +74,7 @@ struct config {
 						 * config_load() */
 	enum log_level	 log_level;		/* log: level */
 
-	struct cfg_addr	 listen[CFG_MAX_LISTEN];	/* listen: - address: */
+	struct cfg_listen listen[CFG_MAX_LISTEN];	/* listen: */
 	unsigned	 nlisten;		/* entries used in listen */
 
 	struct cfg_addr	 backends[CFG_MAX_BACKENDS];	/* backend: servers:
@@ -54,6 +84,17 @@ struct config {
 						 * when the backend offers it */
 	char		 backend_helo[256];	/* backend: helo_name (default:
 						 * hostname) */
+	enum cfg_be_tls	 be_tls;		/* backend: tls: (none) */
+	char		*be_ca_file;		/* backend: ca_file: (malloc'd;
+						 * NULL: the system's CAs) */
+	bool		 be_verify;		/* backend: verify: (true) */
+	char		 be_tls_name[256];	/* backend: tls_name: the name its
+						 * certificate must carry ("":
+						 * not checked) */
+	struct tlsio_ctx *be_tls_ctx;		/* built when be_tls is not none */
+
+	char		*auth_users;		/* auth: users_file: user:crypt
+						 * lines (malloc'd), or NULL */
 
 	uint64_t	 max_message_size;	/* limits: (bytes) */
 	unsigned	 max_recipients;	/* limits: */
@@ -118,6 +159,9 @@ struct config *config_ref(struct config *cfg);
 
 /* Drops a reference; frees the config at zero.  NULL is ignored. */
 void config_unref(struct config *cfg);
+
+/* True when a and b listen on the same addresses, in the same order. */
+bool config_same_listen(const struct config *a, const struct config *b);
 
 /*
  * Parses "host:port", "[v6]:port" or "*:port" into a.  Returns 0, or -1

@@ -19,6 +19,7 @@
 #define WORKER_MAX	64
 #define IOBUF_SIZE	(32 * 1024)	/* a session's input buffer */
 #define IOBUF_POOL	64		/* idle buffers a worker keeps */
+#define TLSBUF_SIZE	(64 * 1024)	/* a worker's TLS scratch buffer */
 
 struct smtp_session;
 struct pattern_scratch;
@@ -52,6 +53,9 @@ struct worker {
 	struct config		*cfg;		/* config new sessions start with */
 	uv_os_sock_t		 fds[CFG_MAX_LISTEN];	/* bound sockets, by main */
 	uv_tcp_t		 listeners[CFG_MAX_LISTEN];
+	struct cfg_addr		 bound[CFG_MAX_LISTEN];	/* each listener's
+						 * address, from the config the
+						 * worker started with */
 	unsigned		 nlisteners;
 	uv_timer_t		 drain_timer;	/* shutdown: drain deadline */
 	int			 draining;	/* shutdown in progress */
@@ -63,6 +67,9 @@ struct worker {
 						 * Redis connection, or the shared
 						 * in-process store */
 	int			 rl_own;	/* rl is ours (Redis): free it */
+	char			*tls_buf;	/* TLSBUF_SIZE bytes: ciphertext on
+						 * its way in or out, used within
+						 * one callback only */
 	char			*pool[IOBUF_POOL];	/* free input buffers */
 	unsigned		 npool;
 };

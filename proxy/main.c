@@ -93,9 +93,7 @@ reload(struct proxy_ctx *ctx)
 		free(errors);
 		return;
 	}
-	if (cfg->nlisten != ctx->cfg->nlisten ||
-	    memcmp(cfg->listen, ctx->cfg->listen,
-	    cfg->nlisten * sizeof(cfg->listen[0])) != 0 ||
+	if (!config_same_listen(cfg, ctx->cfg) ||
 	    cfg->workers != ctx->cfg->workers ||
 	    memcmp(&cfg->redis_addr, &ctx->cfg->redis_addr,
 	    sizeof(cfg->redis_addr)) != 0)
@@ -158,11 +156,11 @@ run(struct proxy_ctx *ctx)
 	for (i = 0; i < ctx->nworkers; i++) {
 		ctx->workers[i].nlisteners = cfg->nlisten;
 		for (j = 0; j < cfg->nlisten; j++) {
-			r = bind_listener(&cfg->listen[j],
+			r = bind_listener(&cfg->listen[j].addr,
 			    &ctx->workers[i].fds[j]);
 			if (r < 0) {
 				log_error("cannot listen on %s: %s",
-				    cfg->listen[j].text, strerror(-r));
+				    cfg->listen[j].addr.text, strerror(-r));
 				return 1;
 			}
 		}
@@ -183,7 +181,7 @@ run(struct proxy_ctx *ctx)
 		if ((r = worker_start(ctx, &ctx->workers[i], i)) < 0)
 			fatalx("worker %u: %s", i, uv_strerror(r));
 	log_info("smtpgate %s started: %u workers, listening on %s%s, "
-	    "backend %s", SMTPGATE_VERSION, ctx->nworkers, cfg->listen[0].text,
+	    "backend %s", SMTPGATE_VERSION, ctx->nworkers, cfg->listen[0].addr.text,
 	    cfg->nlisten > 1 ? " and more" : "", cfg->backends[0].text);
 	uv_run(uv_default_loop(), UV_RUN_DEFAULT);
 	for (i = 0; i < ctx->nworkers; i++)

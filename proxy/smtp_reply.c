@@ -57,6 +57,12 @@ const struct smtp_reply_def smtp_replies[RPL__COUNT] = {
 	[RPL_TOO_MANY_CONN_CLIENT] = { 421, "4.7.0 %s" },
 	[RPL_REFUSED_SESSION]	= { 503, "5.5.1 Error: access denied; only "
 				    "QUIT is accepted" },
+	[RPL_TLS_READY]		= { 220, "2.0.0 Ready to start TLS" },
+	[RPL_TLS_ACTIVE]		= { 554, "5.5.1 Error: TLS already active" },
+	[RPL_TX_IN_PROGRESS]	= { 503, "5.5.1 Error: MAIL transaction in "
+				    "progress" },
+	[RPL_NEED_TLS]		= { 530, "5.7.0 Must issue a STARTTLS command "
+				    "first" },
 };
 
 size_t

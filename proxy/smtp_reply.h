@@ -49,6 +49,10 @@ enum smtp_reply_id {
 				 * argument is "<host> Error: ..." */
 	RPL_SHUTDOWN,		/* 421 4.3.2 */
 	RPL_REFUSED_SESSION,	/* 503 5.5.1 after a refused greeting */
+	RPL_TLS_READY,		/* 220 2.0.0 STARTTLS accepted */
+	RPL_TLS_ACTIVE,		/* 554 5.5.1 STARTTLS under TLS */
+	RPL_TX_IN_PROGRESS,	/* 503 5.5.1 STARTTLS within a transaction */
+	RPL_NEED_TLS,		/* 530 5.7.0 MAIL before STARTTLS (require_tls) */
 	RPL__COUNT
 };
 

@@ -30,6 +30,7 @@
 #include "smtp_parse.h"
 #include "smtp_reply.h"
 #include "smtp_session.h"
+#include "tlsio.h"
 
 #define OUT_SIZE	2048	/* replies waiting to be written */
 #define REPLY_RESERVE	1024	/* room a command needs for its replies */
@@ -84,6 +85,11 @@ enum tx_abort {
 #define SF_REFUSED	0x0800	/* session refused: 503 to all but QUIT */
 #define SF_EOM		0x1000	/* final dot read, end-of-data stage due */
 #define SF_COUNTED	0x2000	/* counted in the per-client table */
+#define SF_TLS_HS	0x4000	/* TLS handshake in progress */
+#define SF_TLS		0x8000	/* TLS established */
+#define SF_TLS_START	0x10000	/* STARTTLS answered: start TLS once the
+				 * 220 is out */
+#define SF_TLS_BYE	0x20000	/* close_notify queued */
 
 #define HDR_MAX		1024	/* header bytes kept for the header stage */
 
@@ -135,6 +141,12 @@ struct smtp_session {
 	uint64_t		 id;		/* unique in the process */
 	char			 idstr[20];	/* id in hex, for the log */
 	uv_tcp_t		 tcp;		/* the client connection */
+	const struct cfg_listen	*lsn;		/* the listener's settings, in cfg
+						 * (a plain one when a reload
+						 * moved the listeners) */
+	struct tlsio		*tls;		/* TLS, or NULL while plaintext */
+	char			*tls_wbuf;	/* ciphertext of the pending client
+						 * write (malloc'd), or NULL */
 	uv_timer_t		 timer;		/* command / data timeout */
 	uv_write_t		 wreq;		/* the one pending client write */
 	int			 nopen;		/* handles not yet closed */
@@ -180,6 +192,7 @@ static enum cmd_res smtp_cmd_local(struct smtp_session *, enum smtp_verb,
 static void smtp_process(struct smtp_session *);
 static void smtp_close(struct smtp_session *, const char *);
 static void smtp_flush(struct smtp_session *);
+static enum step smtp_tls_start(struct smtp_session *);
 
 static const struct be_callbacks smtp_be_callbacks;
 
@@ -795,8 +808,10 @@ smtp_cmd_helo(struct smtp_session *s, enum smtp_verb v, const char *arg,
 	}
 	n = (size_t)snprintf(buf, sizeof(buf),
 	    "250-%s\r\n250-PIPELINING\r\n250-SIZE %llu\r\n250-8BITMIME\r\n"
-	    "250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 DSN\r\n",
-	    s->cfg->hostname, (unsigned long long)s->cfg->max_message_size);
+	    "%s250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 DSN\r\n",
+	    s->cfg->hostname, (unsigned long long)s->cfg->max_message_size,
+	    s->lsn->tls == CFG_TLS_STARTTLS && s->tls == NULL ?
+	    "250-STARTTLS\r\n" : "");
 	smtp_out(s, buf, n);
 	return CMD_DONE;
 }
@@ -837,6 +852,8 @@ smtp_cmd_envelope(struct smtp_session *s, enum smtp_verb v, const char *arg,
 
 	if (!is_rcpt && s->state < S_HELO)
 		return smtp_answer(s, RPL_NEED_HELO, NULL, 1);
+	if (!is_rcpt && s->lsn->require_tls && !(s->flags & SF_TLS))
+		return smtp_answer(s, RPL_NEED_TLS, NULL, 1);
 	if (s->state != (is_rcpt ? S_MAIL : S_HELO))
 		return smtp_answer(s, is_rcpt ? RPL_NEED_MAIL : RPL_NESTED_MAIL,
 		    NULL, 1);
@@ -979,6 +996,32 @@ smtp_cmd_expn(struct smtp_session *s, enum smtp_verb v, const char *arg,
 	return CMD_DONE;
 }
 
+/*
+ * STARTTLS (RFC 3207): 220, then the handshake once the reply is out
+ * (smtp_tls_start(), from smtp_step()).
+ */
+static enum cmd_res
+smtp_cmd_starttls(struct smtp_session *s, enum smtp_verb v, const char *arg,
+    size_t len)
+{
+	(void)arg;
+	if (s->lsn->tls != CFG_TLS_STARTTLS)
+		return smtp_cmd_local(s, v, arg, len);
+	if (!smtp_local(s))
+		return CMD_WAIT;
+	if (len != 0)
+		smtp_error(s, RPL_NO_ARGS, "STARTTLS");
+	else if (s->tls != NULL)
+		smtp_error(s, RPL_TLS_ACTIVE, NULL);
+	else if (s->state > S_HELO)
+		smtp_error(s, RPL_TX_IN_PROGRESS, NULL);
+	else {
+		smtp_reply(s, RPL_TLS_READY, NULL);
+		s->flags |= SF_TLS_START;
+	}
+	return CMD_DONE;
+}
+
 /* Commands answered here alone. */
 static enum cmd_res
 smtp_cmd_local(struct smtp_session *s, enum smtp_verb v, const char *arg,
@@ -1039,7 +1082,7 @@ static const smtp_cmd_fn smtp_commands[SMTP_V__COUNT] = {
 	[SMTP_V_VRFY]		= smtp_cmd_local,
 	[SMTP_V_EXPN]		= smtp_cmd_expn,
 	[SMTP_V_HELP]		= smtp_cmd_local,
-	[SMTP_V_STARTTLS]	= smtp_cmd_local,
+	[SMTP_V_STARTTLS]	= smtp_cmd_starttls,
 	[SMTP_V_AUTH]		= smtp_cmd_local,
 	[SMTP_V_BDAT]		= smtp_cmd_local,
 	[SMTP_V_XCLIENT]	= smtp_cmd_local,
@@ -1306,7 +1349,7 @@ smtp_step(struct smtp_session *s)
 	smtp_cmd_fn		 fn;
 	const char		*lf;
 
-	if (s->flags & (SF_CLOSING | SF_CLOSE_AFTER))
+	if (s->flags & (SF_CLOSING | SF_CLOSE_AFTER | SF_TLS_HS))
 		return STEP_WAIT;
 	if (!smtp_out_room(s, REPLY_RESERVE)) {
 		smtp_flush(s);
@@ -1369,6 +1412,8 @@ smtp_step(struct smtp_session *s)
 	if (fn(s, v, arg, arglen) == CMD_WAIT)
 		return STEP_WAIT;
 	s->in_start += consumed;
+	if (s->flags & SF_TLS_START)
+		return smtp_tls_start(s);
 	/*
 	 * The command has acted on its stage's verdict, if it had one; if it
 	 * was answered otherwise while a filter still owed an answer (the
@@ -1384,6 +1429,44 @@ smtp_step(struct smtp_session *s)
 static void smtp_timeout_cb(uv_timer_t *);
 static void smtp_alloc_cb(uv_handle_t *, size_t, uv_buf_t *);
 static void smtp_read_cb(uv_stream_t *, ssize_t, const uv_buf_t *);
+static void smtp_write_cb(uv_write_t *, int);
+static int smtp_tls_pull(struct smtp_session *);
+
+/*
+ * Nonzero when the session takes more input: not while its replies are
+ * unread or the backend is behind, and only into room in its buffer.
+ */
+static int
+smtp_want_input(const struct smtp_session *s)
+{
+	return !(s->flags & (SF_CLOSE_AFTER | SF_OUT_WRITING)) &&
+	    !(s->be != NULL && be_busy(s->be)) &&
+	    (s->in == NULL || s->in_end < IOBUF_SIZE ||
+	    (s->in_start > 0 && !(s->flags & SF_PINNED)));
+}
+
+/*
+ * Makes room at the end of the input buffer (taking one from the pool, or
+ * moving unconsumed input to the front when the buffer is not pinned).
+ * Returns the room there, 0 when there is none or no memory.
+ */
+static size_t
+smtp_in_room(struct smtp_session *s)
+{
+	if (s->in == NULL && (s->in = worker_buf_get(s->w)) == NULL)
+		return 0;
+	if (!(s->flags & SF_PINNED)) {
+		if (s->in_start == s->in_end) {
+			s->in_start = s->in_end = 0;
+		} else if (s->in_end == IOBUF_SIZE && s->in_start > 0) {
+			memmove(s->in, s->in + s->in_start,
+			    s->in_end - s->in_start);
+			s->in_end -= s->in_start;
+			s->in_start = 0;
+		}
+	}
+	return IOBUF_SIZE - s->in_end;
+}
 
 /* Starts or stops reading, gives an empty buffer back to the pool. */
 static void
@@ -1399,10 +1482,7 @@ smtp_update_io(struct smtp_session *s)
 		s->in = NULL;
 		s->in_start = s->in_end = 0;
 	}
-	want = !(s->flags & (SF_CLOSE_AFTER | SF_OUT_WRITING)) &&
-	    !(s->be != NULL && be_busy(s->be)) &&
-	    (s->in == NULL || s->in_end < IOBUF_SIZE ||
-	    (s->in_start > 0 && !(s->flags & SF_PINNED)));
+	want = smtp_want_input(s);
 	if (want && !(s->flags & SF_READING)) {
 		if (uv_read_start((uv_stream_t *)&s->tcp, smtp_alloc_cb,
 		    smtp_read_cb) == 0)
@@ -1425,13 +1505,162 @@ smtp_process(struct smtp_session *s)
 {
 	if (s->flags & SF_CLOSING)
 		return;
-	while (smtp_step(s) == STEP_AGAIN)
-		;
+	for (;;) {
+		while (smtp_step(s) == STEP_AGAIN)
+			;
+		/* Under TLS, the plaintext is decrypted as room allows. */
+		if (s->tls == NULL || (s->flags & SF_CLOSING) ||
+		    smtp_tls_pull(s) <= 0)
+			break;
+	}
 	if (s->be != NULL)
 		be_flush(s->be);
 	smtp_flush(s);
 	smtp_update_io(s);
 	smtp_timer_arm(s);
+}
+
+/* ---- TLS ----------------------------------------------------------------- */
+
+/*
+ * After STARTTLS's 220: whatever the client sent after the command is
+ * dropped unread (CVE-2011-0411), the 220 goes out in plaintext, and what
+ * was learnt from the client before is forgotten (RFC 3207 4.2): it must
+ * EHLO again.
+ */
+static enum step
+smtp_tls_start(struct smtp_session *s)
+{
+	s->flags &= ~SF_TLS_START;
+	if (s->in_end > s->in_start) {
+		log_info("session=%s client=%s discarded %zu bytes sent after "
+		    "STARTTLS", s->idstr, s->addr, s->in_end - s->in_start);
+		s->in_start = s->in_end;
+	}
+	smtp_flush(s);
+	if (s->flags & SF_CLOSING)
+		return STEP_WAIT;
+	if ((s->tls = tlsio_new(s->lsn->tls_ctx, true, NULL)) == NULL) {
+		smtp_close(s, "out of memory");
+		return STEP_WAIT;
+	}
+	s->flags |= SF_TLS_HS;
+	smtp_be_drop(s, 1);
+	s->client.helo[0] = '\0';
+	s->client.esmtp = 0;
+	smtp_enter_state(s, S_INIT);
+	return STEP_WAIT;
+}
+
+/* Writes what ciphertext the socket takes now, before a close. */
+static void
+smtp_tls_send_now(struct smtp_session *s)
+{
+	uv_buf_t	b;
+	size_t		n;
+
+	if (s->flags & SF_OUT_WRITING)
+		return;
+	while ((n = tlsio_take(s->tls, s->w->tls_buf, TLSBUF_SIZE)) > 0) {
+		b = uv_buf_init(s->w->tls_buf, (unsigned)n);
+		if (uv_try_write((uv_stream_t *)&s->tcp, &b, 1) != (int)n)
+			break;
+	}
+}
+
+/*
+ * Advances the handshake and decrypts what the input buffer has room for.
+ * Returns 1 when that gave something to do (input, or the handshake
+ * done), 0 when not, -1 when the session was closed.
+ */
+static int
+smtp_tls_pull(struct smtp_session *s)
+{
+	ssize_t	n;
+	size_t	room;
+	int	r, got = 0;
+
+	if (s->flags & SF_TLS_HS) {
+		if ((r = tlsio_handshake(s->tls)) == 0)
+			return 0;
+		if (r < 0) {
+			log_info("session=%s client=%s TLS handshake failed: "
+			    "%s", s->idstr, s->addr, tlsio_error(s->tls));
+			smtp_tls_send_now(s);	/* the alert, if any */
+			smtp_close(s, "TLS handshake failed");
+			return -1;
+		}
+		s->flags = (s->flags & ~SF_TLS_HS) | SF_TLS;
+		log_info("session=%s client=%s TLS established: %s %s",
+		    s->idstr, s->addr, tlsio_version(s->tls),
+		    tlsio_cipher(s->tls));
+		got = 1;
+	}
+	while (smtp_want_input(s) && (room = smtp_in_room(s)) > 0) {
+		n = tlsio_read(s->tls, s->in + s->in_end, room);
+		if (n == 0)
+			break;
+		if (n < 0) {
+			smtp_close(s, n == TLSIO_EOF ? "client disconnected" :
+			    tlsio_error(s->tls));
+			return -1;
+		}
+		s->in_end += (size_t)n;
+		got = 1;
+	}
+	return got;
+}
+
+/*
+ * smtp_flush() under TLS: encrypts the queued replies (once the handshake
+ * is done), adds close_notify before a close, and writes the ciphertext:
+ * what the socket takes at once from the worker's scratch buffer, the rest
+ * from a buffer of the session's own until the write completes.
+ */
+static void
+smtp_tls_flush(struct smtp_session *s)
+{
+	uv_buf_t	b;
+	size_t		n, rest;
+	int		w;
+
+	if (s->out_len > 0 && (s->flags & SF_TLS)) {
+		if (tlsio_write(s->tls, s->out, s->out_len) < 0) {
+			smtp_close(s, tlsio_error(s->tls));
+			return;
+		}
+		s->out_len = 0;
+	}
+	if ((s->flags & (SF_CLOSE_AFTER | SF_TLS | SF_TLS_BYE)) ==
+	    (SF_CLOSE_AFTER | SF_TLS)) {
+		tlsio_close_notify(s->tls);
+		s->flags |= SF_TLS_BYE;
+	}
+	while ((n = tlsio_take(s->tls, s->w->tls_buf, TLSBUF_SIZE)) > 0) {
+		b = uv_buf_init(s->w->tls_buf, (unsigned)n);
+		if ((w = uv_try_write((uv_stream_t *)&s->tcp, &b, 1)) < 0)
+			w = 0;
+		if ((size_t)w == n)
+			continue;
+		rest = n - (size_t)w + tlsio_pending(s->tls);
+		if ((s->tls_wbuf = malloc(rest)) == NULL) {
+			smtp_close(s, "out of memory");
+			return;
+		}
+		memcpy(s->tls_wbuf, s->w->tls_buf + w, n - (size_t)w);
+		tlsio_take(s->tls, s->tls_wbuf + (n - (size_t)w),
+		    rest - (n - (size_t)w));
+		b = uv_buf_init(s->tls_wbuf, (unsigned)rest);
+		if (uv_write(&s->wreq, (uv_stream_t *)&s->tcp, &b, 1,
+		    smtp_write_cb) < 0) {
+			smtp_close(s, "write failed");
+			return;
+		}
+		s->flags |= SF_OUT_WRITING;
+		return;
+	}
+	if (s->flags & SF_CLOSE_AFTER)
+		smtp_close(s, s->state == S_QUIT ? "quit" : "closed by us");
 }
 
 /* ---- Client I/O ---------------------------------------------------------- */
@@ -1451,6 +1680,8 @@ smtp_write_cb(uv_write_t *req, int status)
 
 	s->flags &= ~SF_OUT_WRITING;
 	s->out_len = 0;
+	free(s->tls_wbuf);
+	s->tls_wbuf = NULL;
 	if (s->flags & SF_CLOSING)
 		return;
 	if (status < 0) {
@@ -1475,6 +1706,10 @@ smtp_flush(struct smtp_session *s)
 
 	if (s->flags & (SF_OUT_WRITING | SF_CLOSING))
 		return;
+	if (s->tls != NULL) {
+		smtp_tls_flush(s);
+		return;
+	}
 	if (s->out_len > 0) {
 		b = uv_buf_init(s->out, (unsigned)s->out_len);
 		n = uv_try_write((uv_stream_t *)&s->tcp, &b, 1);
@@ -1504,18 +1739,14 @@ smtp_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 	(void)hint;
 	buf->base = NULL;
 	buf->len = 0;
-	if (s->in == NULL && (s->in = worker_buf_get(s->w)) == NULL)
+	if (s->tls != NULL) {
+		/* Ciphertext: fed to OpenSSL at once, in smtp_read_cb(). */
+		buf->base = s->w->tls_buf;
+		buf->len = TLSBUF_SIZE;
 		return;
-	if (!(s->flags & SF_PINNED)) {
-		if (s->in_start == s->in_end) {
-			s->in_start = s->in_end = 0;
-		} else if (s->in_end == IOBUF_SIZE && s->in_start > 0) {
-			memmove(s->in, s->in + s->in_start,
-			    s->in_end - s->in_start);
-			s->in_end -= s->in_start;
-			s->in_start = 0;
-		}
 	}
+	if (smtp_in_room(s) == 0)
+		return;
 	buf->base = s->in + s->in_end;
 	buf->len = IOBUF_SIZE - s->in_end;
 }
@@ -1541,7 +1772,13 @@ smtp_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 	}
 	if (nread == 0)
 		return;
-	s->in_end += (size_t)nread;
+	if (s->tls != NULL) {
+		if (tlsio_feed(s->tls, buf->base, (size_t)nread) < 0) {
+			smtp_close(s, tlsio_error(s->tls));
+			return;
+		}
+	} else
+		s->in_end += (size_t)nread;
 	smtp_process(s);
 }
 
@@ -1796,6 +2033,8 @@ smtp_free(struct smtp_session *s)
 	if (s->in != NULL)
 		worker_buf_put(w, s->in);
 	free(s->tx.hdr.buf);
+	free(s->tls_wbuf);
+	tlsio_free(s->tls);
 	if (s->flags & SF_COUNTED)
 		client_table_del(w->ctx->clients,
 		    (const struct sockaddr *)&s->ss);
@@ -1829,9 +2068,10 @@ smtp_close(struct smtp_session *s, const char *why)
 		s->rdns->s = NULL;
 	flt_run_abandon(&s->flt);
 	log_info("session end session=%s client=%s helo=%s transactions=%u "
-	    "errors=%u state=%s reason=\"%s\" duration=%.3f", s->idstr,
-	    s->addr, s->client.helo[0] ? s->client.helo : "-", s->ntx,
-	    s->errors, smtp_strstate[s->state], why,
+	    "errors=%u state=%s tls=%s reason=\"%s\" duration=%.3f",
+	    s->idstr, s->addr, s->client.helo[0] ? s->client.helo : "-",
+	    s->ntx, s->errors, smtp_strstate[s->state],
+	    (s->flags & SF_TLS) ? tlsio_version(s->tls) : "no", why,
 	    (double)(uv_now(&s->w->loop) - s->started) / 1000.0);
 	uv_close((uv_handle_t *)&s->tcp, smtp_closed_cb);
 	uv_close((uv_handle_t *)&s->timer, smtp_closed_cb);
@@ -1885,6 +2125,21 @@ smtp_peer(struct smtp_session *s, struct sockaddr_storage *ss)
 	return 0;
 }
 
+/* A listener the session's config does not describe: plain SMTP. */
+static const struct cfg_listen smtp_plain_listener;
+
+/* The settings of listener idx of w in cfg. */
+static const struct cfg_listen *
+smtp_listener(const struct worker *w, const struct config *cfg, size_t idx)
+{
+	const struct cfg_addr *a = &w->bound[idx];
+
+	if (idx >= cfg->nlisten || cfg->listen[idx].addr.sslen != a->sslen ||
+	    memcmp(&cfg->listen[idx].addr.ss, &a->ss, a->sslen) != 0)
+		return &smtp_plain_listener;
+	return &cfg->listen[idx];
+}
+
 void
 smtp_session_accept(struct worker *w, uv_stream_t *listener)
 {
@@ -1901,6 +2156,8 @@ smtp_session_accept(struct worker *w, uv_stream_t *listener)
 	s->nopen = 2;
 	s->w = w;
 	s->cfg = config_ref(w->cfg);
+	s->lsn = smtp_listener(w, s->cfg,
+	    (size_t)((uv_tcp_t *)listener - w->listeners));
 	s->fly_fail = -1;
 	s->flt.owner = s;
 	s->flt.resumed = smtp_flt_resumed_cb;
@@ -1949,6 +2206,14 @@ smtp_session_accept(struct worker *w, uv_stream_t *listener)
 	}
 	log_debug("session=%s connect from %s port %u", s->idstr, s->addr,
 	    s->client.port);
+	if (s->lsn->tls == CFG_TLS_IMPLICIT) {
+		/* The greeting waits for the handshake. */
+		if ((s->tls = tlsio_new(s->lsn->tls_ctx, true, NULL)) == NULL) {
+			smtp_close(s, "out of memory");
+			return;
+		}
+		s->flags |= SF_TLS_HS;
+	}
 	smtp_rdns_start(s, &s->ss);
 	if (w->draining)
 		s->flags |= SF_DRAIN;

@@ -175,11 +175,12 @@ worker_main(void *arg)
 	for (i = 0; i < w->nlisteners; i++) {
 		uv_tcp_init(&w->loop, &w->listeners[i]);
 		w->listeners[i].data = w;
+		w->bound[i] = w->cfg->listen[i].addr;
 		if ((r = uv_tcp_open(&w->listeners[i], w->fds[i])) < 0 ||
 		    (r = uv_listen((uv_stream_t *)&w->listeners[i], 511,
 		    worker_on_conn)) < 0)
 			fatalx("worker=%u listen on %s: %s", w->idx,
-			    w->cfg->listen[i].text, uv_strerror(r));
+			    w->cfg->listen[i].addr.text, uv_strerror(r));
 	}
 	uv_run(&w->loop, UV_RUN_DEFAULT);
 	while (w->npool > 0)
@@ -194,7 +195,8 @@ worker_start(struct proxy_ctx *ctx, struct worker *w, unsigned idx)
 	w->ctx = ctx;
 	w->idx = idx;
 	w->cfg = config_ref(ctx->cfg);
-	if ((w->scratch = pattern_scratch_new()) == NULL)
+	if ((w->scratch = pattern_scratch_new()) == NULL ||
+	    (w->tls_buf = malloc(TLSBUF_SIZE)) == NULL)
 		return UV_ENOMEM;
 	uv_loop_init(&w->loop);
 	uv_mutex_init(&w->lock);
@@ -214,6 +216,7 @@ worker_join(struct worker *w)
 	config_unref(w->cfg);
 	config_unref(w->pending_cfg);
 	pattern_scratch_free(w->scratch);
+	free(w->tls_buf);
 }
 
 void

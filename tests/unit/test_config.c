@@ -107,10 +107,10 @@ check_issue(const struct config *c)
 	CHECK(strcmp(c->hostname, "gate.example.test") == 0);
 	CHECK(strcmp(c->backend_helo, "gate.example.test") == 0);
 	CHECK(c->nlisten == 1);
-	CHECK(strcmp(c->listen[0].text, "127.0.0.1:2525") == 0);
-	CHECK(c->listen[0].ss.ss_family == AF_INET);
-	CHECK(c->listen[0].sslen == sizeof(struct sockaddr_in));
-	CHECK(port_of(&c->listen[0]) == 2525);
+	CHECK(strcmp(c->listen[0].addr.text, "127.0.0.1:2525") == 0);
+	CHECK(c->listen[0].addr.ss.ss_family == AF_INET);
+	CHECK(c->listen[0].addr.sslen == sizeof(struct sockaddr_in));
+	CHECK(port_of(&c->listen[0].addr) == 2525);
 	CHECK(c->nbackends == 2);
 	CHECK(strcmp(c->backends[0].text, "127.0.0.1:10025") == 0);
 	CHECK(strcmp(c->backends[1].text, "127.0.0.1:10026") == 0);
@@ -140,15 +140,15 @@ check_every_key(const struct config *c)
 	CHECK(c->workers == 4);
 	CHECK(c->log_level == LOG_LVL_DEBUG);
 	CHECK(c->nlisten == 3);
-	CHECK(c->listen[0].ss.ss_family == AF_INET);
-	CHECK(((const struct sockaddr_in *)&c->listen[0].ss)->sin_addr.s_addr ==
+	CHECK(c->listen[0].addr.ss.ss_family == AF_INET);
+	CHECK(((const struct sockaddr_in *)&c->listen[0].addr.ss)->sin_addr.s_addr ==
 	    htonl(INADDR_ANY));
-	CHECK(strcmp(c->listen[0].text, "*:25") == 0);
-	CHECK(c->listen[1].ss.ss_family == AF_INET6);
-	CHECK(c->listen[1].sslen == sizeof(struct sockaddr_in6));
-	CHECK(port_of(&c->listen[1]) == 587);
-	CHECK(strcmp(c->listen[1].text, "[::1]:587") == 0);
-	CHECK(port_of(&c->listen[2]) == 65535);
+	CHECK(strcmp(c->listen[0].addr.text, "*:25") == 0);
+	CHECK(c->listen[1].addr.ss.ss_family == AF_INET6);
+	CHECK(c->listen[1].addr.sslen == sizeof(struct sockaddr_in6));
+	CHECK(port_of(&c->listen[1].addr) == 587);
+	CHECK(strcmp(c->listen[1].addr.text, "[::1]:587") == 0);
+	CHECK(port_of(&c->listen[2].addr) == 65535);
 	CHECK(c->nbackends == 2);
 	CHECK(c->backends[1].ss.ss_family == AF_INET6);
 	CHECK(c->xclient == false);
@@ -190,7 +190,7 @@ static void
 check_reference(const struct config *c)
 {
 	CHECK(c->nlisten == 1 &&
-	    strcmp(c->listen[0].text, "127.0.0.1:2525") == 0);
+	    strcmp(c->listen[0].addr.text, "127.0.0.1:2525") == 0);
 	CHECK(c->nbackends == 1 &&
 	    strcmp(c->backends[0].text, "127.0.0.1:10025") == 0);
 	check_defaults(c);
@@ -313,7 +313,7 @@ static const struct err_case {
 	  { "2:10: listen[1].address: 127.0.0.1:25 is already listed as "
 	    "listen[0]\n",
 	    "2:35: listen[2].address: required setting is missing\n",
-	    "2:36: listen[2].port: unknown setting (known here: address)\n",
+	    "2:36: listen[2].port: unknown setting (known here: address, tls",
 	    "4:13: backend.servers[0]: \"*\" means any local address and is "
 	    "only valid for listen\n",
 	    "4:21: backend.servers[1]: invalid address \"127.0.0.1:x\": the "
