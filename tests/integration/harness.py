@@ -17,6 +17,8 @@ Pieces:
   SmtpSink           Postfix's smtp-sink on a free port
   PrivatePostfix     a private real Postfix instance in a temp dir
   RedisServer        a private real redis-server on a free port
+  tls_files()        a test CA and a server certificate for TLS tests
+  client_tls_context()  an ssl.SSLContext for the test clients
   redis_command()    one command to a Redis server (a tiny RESP client)
   GatewayTestCase    unittest base: one gateway + backend per class
 
@@ -37,6 +39,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -296,13 +299,19 @@ class SmtpClient:
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("no complete reply within the deadline; have %r" % self.buf[:300])
-        r, _, _ = select.select([self.sock], [], [], left)
-        if not r:
-            raise TimeoutError("no complete reply within the deadline; have %r" % self.buf[:300])
+        # Under TLS, decrypted bytes may wait in the SSL object, unseen by
+        # select().
+        tls_ready = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
+        if not tls_ready:
+            r, _, _ = select.select([self.sock], [], [], left)
+            if not r:
+                raise TimeoutError("no complete reply within the deadline; have %r" % self.buf[:300])
         try:
             data = self.sock.recv(65536)
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLEOFError):
             data = b""
+        except ssl.SSLWantReadError:
+            return True  # a TLS record is not complete yet
         if not data:
             self.eof = True
             return False
@@ -367,6 +376,26 @@ class SmtpClient:
 
     def ehlo(self, name="client.example.test"):
         return self.expect(250, line="EHLO " + name)
+
+    def tls(self, ctx=None, server_hostname="gate.example.test"):
+        """Starts TLS on the connection (after STARTTLS's 220, or at once for
+        implicit TLS).  Bytes the server sent that were not read yet are an
+        error: nothing may follow the 220.  Returns self."""
+        if self.buf:
+            raise AssertionError("bytes after the 220 to STARTTLS: %r" % self.buf)
+        self.sock = (ctx or client_tls_context()).wrap_socket(
+            self.sock, server_hostname=server_hostname)
+        return self
+
+    def starttls(self, ctx=None):
+        """STARTTLS (220 asserted), then the handshake.  Returns self."""
+        self.expect(220, "2.0.0", line="STARTTLS")
+        return self.tls(ctx)
+
+    @property
+    def tls_version(self):
+        """The TLS version in use ("TLSv1.3"), or None."""
+        return self.sock.version() if isinstance(self.sock, ssl.SSLSocket) else None
 
     def wait_closed(self, timeout=5.0):
         """Waits for EOF from the peer.  Returns the bytes that arrived before
@@ -509,6 +538,74 @@ class GatewayError(Exception):
     pass
 
 
+_tls_files = None
+
+
+class TlsFiles(NamedTuple):
+    dir: str
+    ca_cert: str       # the test CA (PEM)
+    cert: str          # server certificate for gate.example.test, localhost,
+                       # 127.0.0.1, signed by the CA (PEM)
+    key: str           # its key (PEM)
+    chain: str         # cert then ca_cert, for cert_file
+
+
+def tls_files():
+    """A test CA and a server certificate it signed (EC P-256), made with
+    the openssl command once per process in a temp dir removed at exit."""
+    global _tls_files
+    if _tls_files is not None:
+        return _tls_files
+    d = tempfile.mkdtemp(prefix="smtpgate-tls-")
+    atexit.register(shutil.rmtree, d, True)
+    j = lambda n: os.path.join(d, n)
+
+    def openssl(*args):
+        subprocess.run(["openssl"] + list(args), check=True, cwd=d,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-subj", "/CN=smtpgate test CA", "-days", "3",
+            "-keyout", "ca.key", "-out", "ca.pem",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    openssl("req", "-new", *ec, "-subj", "/CN=gate.example.test",
+            "-keyout", "key.pem", "-out", "req.csr")
+    with open(j("ext.cnf"), "w") as f:
+        f.write("subjectAltName=DNS:gate.example.test,DNS:localhost,IP:127.0.0.1\n"
+                "extendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", "req.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "3", "-extfile", "ext.cnf", "-out", "cert.pem")
+    with open(j("chain.pem"), "w") as f:
+        f.write(open(j("cert.pem")).read() + open(j("ca.pem")).read())
+    for n in ("key.pem", "ca.key"):
+        os.chmod(j(n), 0o644)  # readable by a postfix that drops privileges
+    _tls_files = TlsFiles(d, j("ca.pem"), j("cert.pem"), j("key.pem"), j("chain.pem"))
+    return _tls_files
+
+
+def client_tls_context(verify=True, **kw):
+    """An ssl.SSLContext trusting the test CA (verify=False: anything).
+    Keyword arguments set its attributes (minimum_version=..., say)."""
+    if verify:
+        ctx = ssl.create_default_context(cafile=tls_files().ca_cert)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    for k, v in kw.items():
+        setattr(ctx, k, v)
+    return ctx
+
+
+def tls_listener(mode="starttls", **kw):
+    """A listen: entry (address filled in at start) with the test
+    certificate."""
+    f = tls_files()
+    return dict({"address": "127.0.0.1:0", "tls": mode, "cert_file": f.chain,
+                 "key_file": f.key}, **kw)
+
+
 class Gateway:
     """The smtpgate binary under test, with its own temp dir and config.
 
@@ -531,7 +628,8 @@ class Gateway:
             self.write_policy(policy)
             self.config["policy"] = "policy.yaml"
         self.proc = None
-        self.port = None
+        self.port = None   # the first listener's port
+        self.ports = []    # every listener's port, in config order
         self.logf = None
         self.terminating = False  # SIGTERM sent
 
@@ -547,7 +645,9 @@ class Gateway:
         if text is None:
             cfg = copy.deepcopy(config if config is not None else self.config)
             if self.port is not None:
-                cfg["listen"] = [{"address": "127.0.0.1:%d" % self.port}]
+                ls = cfg.get("listen") or [{}]
+                cfg["listen"] = [dict(lst, address="127.0.0.1:%d" % port)
+                                 for lst, port in zip(ls, self.ports)]
             text = to_yaml(cfg) + "\n"
         tmp = self.config_path + ".tmp"
         with open(tmp, "w") as f:
@@ -580,7 +680,8 @@ class Gateway:
             raise GatewayError("gateway binary %s is missing (set SMTPGATE_BIN)" % binary)
         last = None
         for attempt in range(3):
-            self.port = free_port()
+            self.ports = [free_port() for _ in self.config.get("listen") or [{}]]
+            self.port = self.ports[0]
             self.write_config()
             self.logf = open(self.log_path, "ab")
             self.terminating = False
@@ -610,7 +711,7 @@ class Gateway:
                 raise GatewayError("gateway exited with status %s before greeting; log:\n%s"
                                    % (self.proc.returncode, self.log[-4000:]))
             try:
-                c = SmtpClient(self.port).connect()
+                c = self.client(greet=False)
             except (ConnectionRefusedError, socket.timeout):
                 if time.monotonic() >= deadline:
                     self.kill()
@@ -730,9 +831,14 @@ class Gateway:
             f.seek(offset)
             return f.read().decode("utf-8", "replace")
 
-    def client(self, source_addr=None, greet=True, timeout=10.0):
-        """A connected SmtpClient (greeting read and checked when greet)."""
-        c = SmtpClient(self.port, source_addr=source_addr, timeout=timeout).connect()
+    def client(self, source_addr=None, greet=True, timeout=10.0, listener=0, tls_ctx=None):
+        """A connected SmtpClient to listen entry `listener` (TLS started
+        when it is an implicit TLS listener; greeting read and checked when
+        greet)."""
+        c = SmtpClient(self.ports[listener], source_addr=source_addr, timeout=timeout).connect()
+        ls = self.config.get("listen") or [{}]
+        if ls[listener].get("tls") == "implicit":
+            c.tls(tls_ctx)
         if greet:
             c.greet()
         return c
@@ -1707,9 +1813,10 @@ class GatewayTestCase(unittest.TestCase):
 
     # -- helpers -----------------------------------------------------------
 
-    def client(self, source_addr=None, greet=True, ehlo=False, timeout=10.0):
+    def client(self, source_addr=None, greet=True, ehlo=False, timeout=10.0, listener=0):
         """A client connected to the class gateway, closed at cleanup."""
-        c = self.gw.client(source_addr=source_addr, greet=greet, timeout=timeout)
+        c = self.gw.client(source_addr=source_addr, greet=greet, timeout=timeout,
+                           listener=listener)
         self.addCleanup(c.close)
         if ehlo:
             c.ehlo()
