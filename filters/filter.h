@@ -84,6 +84,7 @@ struct flt_env {
 						 * "unknown" */
 	const char		*helo;		/* HELO/EHLO argument, or "" */
 	int			 authenticated;	/* SMTP AUTH succeeded */
+	const char		*auth_user;	/* ... as this user ("" if not) */
 	const struct smtp_path	*sender;	/* MAIL and later; else NULL */
 	const struct smtp_path	*rcpt;		/* FLT_RCPT: the recipient */
 	const char		*header;	/* FLT_HEADER: "Name: value",

@@ -145,8 +145,14 @@ rl_make(const struct pol_ratelimit *rl, const struct flt_env *env,
 		rl_path(env->rcpt, rl->key == POL_RLK_RECIPIENT_DOMAIN, value,
 		    sizeof(value));
 		break;
+	case POL_RLK_AUTH_USER:
+		if (env->auth_user == NULL || env->auth_user[0] == '\0')
+			return -1;	/* no AUTH in this session */
+		rl_put(value, sizeof(value), &at, env->auth_user,
+		    strlen(env->auth_user), 0);
+		break;
 	default:
-		return -1;	/* auth_user: no AUTH in this session */
+		return -1;
 	}
 	/* Long values (and only they) are hashed: FNV-1a, 64 bits. */
 	if ((len = strlen(value)) > RL_VALUE_MAX) {

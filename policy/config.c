@@ -25,6 +25,7 @@
 #include <openssl/ssl.h>
 #include <yaml.h>
 
+#include "auth.h"
 #include "config.h"
 #include "policy.h"
 #include "tlsio.h"
@@ -948,11 +949,17 @@ config_load(const char *path, char **errors)
 	}
 	free(data);
 
-	/* The policy file's errors are reported with the config's. */
+	/* The policy file's errors are reported with the config's, and so
+	 * are the credentials file's. */
 	perr = NULL;
 	cfg->policy = cfg->policy_path != NULL ?
 	    policy_load(cfg->policy_path, &perr) : policy_empty();
-	if (c.errs.n || cfg->policy == NULL) {
+	if (cfg->auth_users != NULL && perr == NULL &&
+	    (cfg->auth_db = auth_db_load(cfg->auth_users, &perr)) == NULL &&
+	    perr == NULL)
+		perr = yu_xstrdup("auth.users_file: cannot load\n");
+	if (c.errs.n || cfg->policy == NULL ||
+	    (cfg->auth_users != NULL && cfg->auth_db == NULL)) {
 		*errors = c.errs.n ? yu_errtext(&c.errs) : yu_xstrdup("");
 		if (perr != NULL) {
 			*errors = realloc(*errors, strlen(*errors) +
@@ -996,6 +1003,7 @@ config_unref(struct config *cfg)
 	free(cfg->be_ca_file);
 	tlsio_ctx_free(cfg->be_tls_ctx);
 	free(cfg->auth_users);
+	auth_db_free(cfg->auth_db);
 	free(cfg->path);
 	free(cfg->policy_path);
 	policy_unref(cfg->policy);

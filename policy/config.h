@@ -33,6 +33,7 @@ enum cfg_be_tls { CFG_BETLS_NONE, CFG_BETLS_OPPORTUNISTIC, CFG_BETLS_REQUIRED };
 
 struct tlsio_ctx;
 struct cidr_set;
+struct auth_db;
 
 /* One listen: entry. */
 struct cfg_listen {
@@ -95,6 +96,7 @@ struct config {
 
 	char		*auth_users;		/* auth: users_file: user:crypt
 						 * lines (malloc'd), or NULL */
+	struct auth_db	*auth_db;		/* ... loaded, or NULL */
 
 	uint64_t	 max_message_size;	/* limits: (bytes) */
 	unsigned	 max_recipients;	/* limits: */

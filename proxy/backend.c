@@ -248,6 +248,10 @@ be_send_xclient(struct be_conn *be)
 	if (len && (be->xattrs & SMTP_XCLIENT_PROTO))
 		len = be_xattr(line, len, sizeof(line), "PROTO",
 		    c->esmtp ? "ESMTP" : "SMTP");
+	/* An authenticated client: Postfix then applies its
+	 * permit_sasl_authenticated and logs sasl_username. */
+	if (len && (be->xattrs & SMTP_XCLIENT_LOGIN) && c->login[0])
+		len = be_xattr(line, len, sizeof(line), "LOGIN", c->login);
 	if (len == 0) {
 		/* Cannot happen with our field sizes; fail the attempt. */
 		be_attempt_failed(be, BE_FAIL_SETUP);

@@ -36,6 +36,7 @@ struct be_client {
 	char		name[256];	/* verified reverse name or "[UNAVAILABLE]" */
 	char		helo[256];	/* the client's HELO/EHLO argument */
 	int		esmtp;		/* 1 after EHLO, 0 after HELO */
+	char		login[256];	/* the SMTP AUTH user, "" if none */
 };
 
 struct be_callbacks {

@@ -714,6 +714,18 @@ param_orcpt(const struct smtp_param *p, struct smtp_mail_opts *o)
 	return xtext_ok(semi + 1, p->vallen - typelen - 1);
 }
 
+/*
+ * AUTH=xtext on MAIL (RFC 4954 5): "<>" or a mailbox, xtext-encoded, at
+ * most ORCPT_MAX octets.  Taken and never forwarded: the backend learns
+ * the login from XCLIENT.
+ */
+static int
+param_auth(const struct smtp_param *p, struct smtp_mail_opts *o)
+{
+	(void)o;
+	return p->vallen > ORCPT_MAX ? -1 : xtext_ok(p->val, p->vallen);
+}
+
 /* A parameter we support, with the check of its value. */
 struct param_rule {
 	const char	*key;		/* esmtp-keyword */
@@ -729,6 +741,7 @@ static const struct param_rule param_rules[] = {
 	{ "SMTPUTF8",	0, 0, param_smtputf8 },
 	{ "RET",	0, 1, param_ret },
 	{ "ENVID",	0, 1, param_envid },
+	{ "AUTH",	0, 1, param_auth },
 	{ "NOTIFY",	1, 1, param_notify },
 	{ "ORCPT",	1, 1, param_orcpt },
 };

@@ -139,11 +139,12 @@ struct smtp_mail_opts {
  * Checks the parameters of a parsed MAIL (is_rcpt == 0) or RCPT command:
  * MAIL knows SIZE (1-20 digits; a value past UINT64_MAX saturates), BODY
  * (7BIT | 8BITMIME), SMTPUTF8 (no value), RET (FULL | HDRS), ENVID (xtext,
- * at most 100 octets); RCPT knows NOTIFY (NEVER alone, or a comma list of
- * SUCCESS, FAILURE, DELAY) and ORCPT (addr-type ";" xtext, at most 500
- * octets).  Keywords and the words above match case-insensitively.
- * A UTF-8 path without SMTPUTF8 (MAIL) gives SMTP_ARG_UTF8; for RCPT pass
- * the transaction's SMTPUTF8 flag in smtputf8.  Fills *opts.
+ * at most 100 octets) and AUTH (xtext, at most 500 octets); RCPT knows
+ * NOTIFY (NEVER alone, or a comma list of SUCCESS, FAILURE, DELAY) and
+ * ORCPT (addr-type ";" xtext, at most 500 octets).  Keywords and the words
+ * above match case-insensitively.  A UTF-8 path without SMTPUTF8 (MAIL)
+ * gives SMTP_ARG_UTF8; for RCPT pass the transaction's SMTPUTF8 flag in
+ * smtputf8.  Fills *opts.
  */
 enum smtp_arg_err smtp_params_check(const struct smtp_mailrcpt *m, int is_rcpt,
     int smtputf8, struct smtp_mail_opts *opts);

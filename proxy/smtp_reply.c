@@ -63,6 +63,19 @@ const struct smtp_reply_def smtp_replies[RPL__COUNT] = {
 				    "progress" },
 	[RPL_NEED_TLS]		= { 530, "5.7.0 Must issue a STARTTLS command "
 				    "first" },
+	[RPL_AUTH_OK]		= { 235, "2.7.0 Authentication successful" },
+	[RPL_AUTH_FAILED]		= { 535, "5.7.8 Error: authentication "
+				    "failed" },
+	[RPL_AUTH_TEMP]		= { 454, "4.7.0 Temporary authentication "
+				    "failure" },
+	[RPL_AUTH_NEED_TLS]	= { 538, "5.7.11 Encryption required for "
+				    "requested authentication mechanism" },
+	[RPL_AUTH_TWICE]		= { 503, "5.5.1 Error: already authenticated" },
+	[RPL_AUTH_MECH]		= { 504, "5.5.4 Unrecognized authentication "
+				    "type" },
+	[RPL_AUTH_BAD_B64]	= { 501, "5.5.2 Error: cannot decode "
+				    "response" },
+	[RPL_AUTH_ABORTED]	= { 501, "5.7.0 Authentication aborted" },
 };
 
 size_t

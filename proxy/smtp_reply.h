@@ -53,6 +53,14 @@ enum smtp_reply_id {
 	RPL_TLS_ACTIVE,		/* 554 5.5.1 STARTTLS under TLS */
 	RPL_TX_IN_PROGRESS,	/* 503 5.5.1 STARTTLS within a transaction */
 	RPL_NEED_TLS,		/* 530 5.7.0 MAIL before STARTTLS (require_tls) */
+	RPL_AUTH_OK,		/* 235 2.7.0 */
+	RPL_AUTH_FAILED,	/* 535 5.7.8 */
+	RPL_AUTH_TEMP,		/* 454 4.7.0 the check itself failed */
+	RPL_AUTH_NEED_TLS,	/* 538 5.7.11 AUTH without TLS */
+	RPL_AUTH_TWICE,		/* 503 5.5.1 already authenticated */
+	RPL_AUTH_MECH,		/* 504 5.5.4 unknown mechanism */
+	RPL_AUTH_BAD_B64,	/* 501 5.5.2 undecodable response */
+	RPL_AUTH_ABORTED,	/* 501 5.7.0 client sent "*" */
 	RPL__COUNT
 };
 

@@ -20,12 +20,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "backend.h"
 #include "clients.h"
 #include "filter.h"
 #include "gate.h"
 #include "log.h"
 #include "policy.h"
+#include "proxy_proto.h"
 #include "ratelimit.h"
 #include "smtp_parse.h"
 #include "smtp_reply.h"
@@ -90,8 +92,32 @@ enum tx_abort {
 #define SF_TLS_START	0x10000	/* STARTTLS answered: start TLS once the
 				 * 220 is out */
 #define SF_TLS_BYE	0x20000	/* close_notify queued */
+#define SF_PROXY	0x40000	/* waiting for the PROXY header */
 
 #define HDR_MAX		1024	/* header bytes kept for the header stage */
+#define AUTH_LINE_MAX	12288	/* an AUTH line, CRLF included (RFC 4954 4) */
+
+/* Where an AUTH exchange is. */
+enum smtp_auth_step {
+	AUTH_IDLE,		/* no exchange */
+	AUTH_PLAIN,		/* "334 " sent: the PLAIN message comes next */
+	AUTH_LOGIN_USER,	/* "334 Username:" sent */
+	AUTH_LOGIN_PASS,	/* "334 Password:" sent */
+	AUTH_CHECKING		/* the password is being checked */
+};
+
+/* A password check in the thread pool; s is cleared if the session ends. */
+struct auth_req {
+	uv_work_t		 work;		/* the thread pool request */
+	struct smtp_session	*s;		/* owner, NULL once it is gone */
+	struct config		*cfg;		/* holds the credentials (a
+						 * reference of our own) */
+	const char		*mech;		/* "PLAIN" or "LOGIN", for the log */
+	char			 user[AUTH_FIELD_MAX + 1];	/* user name */
+	char			 pass[AUTH_FIELD_MAX + 1];	/* password, wiped
+						 * once checked */
+	int			 result;	/* auth_db_verify()'s */
+};
 
 /* The header section as it streams past, for the header stage. */
 struct smtp_hdr {
@@ -159,6 +185,11 @@ struct smtp_session {
 	struct sockaddr_storage	 ss;		/* ... as a sockaddr */
 	struct be_client	 client;	/* what XCLIENT tells the backend */
 	struct rdns_req		*rdns;		/* lookup in progress, or NULL */
+	enum smtp_auth_step	 auth_step;	/* AUTH exchange in progress */
+	struct auth_req		*auth_req;	/* password check running, or NULL */
+	unsigned		 auth_fails;	/* failed AUTH attempts */
+	char			 auth_name[AUTH_FIELD_MAX + 1];	/* AUTH LOGIN:
+						 * the user name given */
 	struct be_conn		*be;		/* backend connection, or NULL */
 	char			*in;		/* pooled input buffer, or NULL */
 	size_t			 in_start;	/* first unconsumed byte */
@@ -193,6 +224,8 @@ static void smtp_process(struct smtp_session *);
 static void smtp_close(struct smtp_session *, const char *);
 static void smtp_flush(struct smtp_session *);
 static enum step smtp_tls_start(struct smtp_session *);
+static int smtp_auth_offered(const struct smtp_session *);
+static enum step smtp_proxy_header(struct smtp_session *);
 
 static const struct be_callbacks smtp_be_callbacks;
 
@@ -653,6 +686,8 @@ smtp_filter(struct smtp_session *s, enum flt_stage st,
 	env.client_name = strcmp(s->client.name, "[UNAVAILABLE]") == 0 ?
 	    "unknown" : s->client.name;
 	env.helo = s->client.helo;
+	env.authenticated = s->client.login[0] != '\0';
+	env.auth_user = s->client.login;
 	env.sender = sender;
 	if (sender == NULL && s->state >= S_MAIL && s->tx.has_sender)
 		env.sender = &s->tx.sender;
@@ -808,10 +843,11 @@ smtp_cmd_helo(struct smtp_session *s, enum smtp_verb v, const char *arg,
 	}
 	n = (size_t)snprintf(buf, sizeof(buf),
 	    "250-%s\r\n250-PIPELINING\r\n250-SIZE %llu\r\n250-8BITMIME\r\n"
-	    "%s250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 DSN\r\n",
+	    "%s%s250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 DSN\r\n",
 	    s->cfg->hostname, (unsigned long long)s->cfg->max_message_size,
 	    s->lsn->tls == CFG_TLS_STARTTLS && s->tls == NULL ?
-	    "250-STARTTLS\r\n" : "");
+	    "250-STARTTLS\r\n" : "", smtp_auth_offered(s) ?
+	    "250-AUTH PLAIN LOGIN\r\n" : "");
 	smtp_out(s, buf, n);
 	return CMD_DONE;
 }
@@ -996,6 +1032,239 @@ smtp_cmd_expn(struct smtp_session *s, enum smtp_verb v, const char *arg,
 	return CMD_DONE;
 }
 
+/* ---- SMTP AUTH (RFC 4954): PLAIN and LOGIN ----------------------------- */
+
+/* Nonzero when this session offers AUTH: a listener with auth, under TLS. */
+static int
+smtp_auth_offered(const struct smtp_session *s)
+{
+	return s->lsn->auth && (s->flags & SF_TLS) && s->cfg->auth_db != NULL;
+}
+
+static void
+smtp_auth_work(uv_work_t *req)
+{
+	struct auth_req *a = req->data;
+
+	a->result = auth_db_verify(a->cfg->auth_db, a->user, a->pass);
+	explicit_bzero(a->pass, sizeof(a->pass));
+}
+
+static void
+smtp_auth_done(uv_work_t *req, int status)
+{
+	struct auth_req		*a = req->data;
+	struct smtp_session	*s = a->s;
+
+	if (s != NULL) {
+		s->auth_req = NULL;
+		s->auth_step = AUTH_IDLE;
+		if (status == 0 && a->result == 1) {
+			snprintf(s->client.login, sizeof(s->client.login), "%s",
+			    a->user);
+			log_info("session=%s client=%s authenticated user=%s "
+			    "mechanism=%s", s->idstr, s->addr, a->user, a->mech);
+			smtp_reply(s, RPL_AUTH_OK, NULL);
+			/* The next MAIL opens a backend connection that tells
+			 * the backend the login (XCLIENT LOGIN=). */
+			smtp_be_drop(s, 1);
+		} else {
+			s->auth_fails++;
+			log_info("session=%s client=%s authentication failed "
+			    "user=%s mechanism=%s%s", s->idstr, s->addr, a->user,
+			    a->mech, a->result < 0 || status != 0 ?
+			    " (check failed)" : "");
+			smtp_error(s, a->result < 0 || status != 0 ?
+			    RPL_AUTH_TEMP : RPL_AUTH_FAILED, NULL);
+		}
+		smtp_process(s);
+	}
+	config_unref(a->cfg);
+	explicit_bzero(a, sizeof(*a));
+	free(a);
+}
+
+/* Starts checking user's password pass (wiped here) in the thread pool. */
+static void
+smtp_auth_check(struct smtp_session *s, const char *mech, const char *user,
+    char *pass)
+{
+	struct auth_req *a;
+
+	if ((a = calloc(1, sizeof(*a))) == NULL) {
+		explicit_bzero(pass, AUTH_FIELD_MAX + 1);
+		smtp_error(s, RPL_AUTH_TEMP, NULL);
+		return;
+	}
+	a->work.data = a;
+	a->s = s;
+	a->cfg = config_ref(s->cfg);
+	a->mech = mech;
+	snprintf(a->user, sizeof(a->user), "%s", user);
+	memcpy(a->pass, pass, sizeof(a->pass));
+	explicit_bzero(pass, AUTH_FIELD_MAX + 1);
+	if (uv_queue_work(&s->w->loop, &a->work, smtp_auth_work,
+	    smtp_auth_done) < 0) {
+		config_unref(a->cfg);
+		explicit_bzero(a, sizeof(*a));
+		free(a);
+		smtp_error(s, RPL_AUTH_TEMP, NULL);
+		return;
+	}
+	s->auth_req = a;
+	s->auth_step = AUTH_CHECKING;
+}
+
+/*
+ * Decodes one base64 SASL message b64[0..len) into out (size bytes).
+ * Returns its length, or -1 after answering 501.
+ */
+static ssize_t
+smtp_auth_decode(struct smtp_session *s, const char *b64, size_t len,
+    unsigned char *out, size_t size)
+{
+	size_t n;
+
+	if (auth_b64_decode(b64, len, out, size, &n) != AUTH_OK) {
+		s->auth_step = AUTH_IDLE;
+		smtp_error(s, RPL_AUTH_BAD_B64, NULL);
+		return -1;
+	}
+	return (ssize_t)n;
+}
+
+/* A field the mechanism refuses (empty, too long): 535, as a failure. */
+static void
+smtp_auth_refuse(struct smtp_session *s, const char *mech, int err)
+{
+	s->auth_step = AUTH_IDLE;
+	s->auth_fails++;
+	log_info("session=%s client=%s authentication failed mechanism=%s: %s",
+	    s->idstr, s->addr, mech, auth_strerror(err));
+	smtp_error(s, err == AUTH_E_SYNTAX ? RPL_AUTH_BAD_B64 : RPL_AUTH_FAILED,
+	    NULL);
+}
+
+/* The PLAIN message, base64 in b64[0..len). */
+static void
+smtp_auth_plain(struct smtp_session *s, const char *b64, size_t len)
+{
+	unsigned char		msg[AUTH_PLAIN_MAX + 1];
+	struct auth_plain	p;
+	ssize_t			n;
+	int			r;
+
+	if ((n = smtp_auth_decode(s, b64, len, msg, sizeof(msg))) < 0)
+		return;
+	r = auth_plain_parse(msg, (size_t)n, &p);
+	explicit_bzero(msg, sizeof(msg));
+	if (r != AUTH_OK) {
+		smtp_auth_refuse(s, "PLAIN", r);
+		return;
+	}
+	smtp_auth_check(s, "PLAIN", p.authcid, p.passwd);
+	explicit_bzero(&p, sizeof(p));
+}
+
+/* A line answering our 334: the client's SASL response. */
+static void
+smtp_auth_response(struct smtp_session *s, const char *line, size_t len)
+{
+	unsigned char	msg[AUTH_FIELD_MAX + 2];
+	char		field[AUTH_FIELD_MAX + 1];
+	ssize_t		n;
+	int		r;
+
+	if (len == 1 && line[0] == '*') {
+		s->auth_step = AUTH_IDLE;
+		smtp_error(s, RPL_AUTH_ABORTED, NULL);
+		return;
+	}
+	if (s->auth_step == AUTH_PLAIN) {
+		smtp_auth_plain(s, line, len);
+		return;
+	}
+	if ((n = smtp_auth_decode(s, line, len, msg, sizeof(msg))) < 0)
+		return;
+	r = auth_login_field(msg, (size_t)n, field);
+	explicit_bzero(msg, sizeof(msg));
+	if (r != AUTH_OK) {
+		smtp_auth_refuse(s, "LOGIN", r);
+		return;
+	}
+	if (s->auth_step == AUTH_LOGIN_USER) {
+		memcpy(s->auth_name, field, sizeof(s->auth_name));
+		s->auth_step = AUTH_LOGIN_PASS;
+		smtp_out(s, "334 " AUTH_LOGIN_PROMPT_PASS "\r\n",
+		    sizeof("334 " AUTH_LOGIN_PROMPT_PASS "\r\n") - 1);
+		return;
+	}
+	smtp_auth_check(s, "LOGIN", s->auth_name, field);
+}
+
+/*
+ * AUTH mechanism [initial-response]: offered only under TLS on a listener
+ * with auth: true.
+ */
+static enum cmd_res
+smtp_cmd_auth(struct smtp_session *s, enum smtp_verb v, const char *arg,
+    size_t len)
+{
+	const char	*ir = NULL, *sp;
+	size_t		 mlen, irlen = 0;
+
+	if (!s->lsn->auth || s->cfg->auth_db == NULL)
+		return smtp_cmd_local(s, v, arg, len);
+	if (!smtp_local(s))
+		return CMD_WAIT;
+	arg = smtp_trim(arg, &len);
+	if (!(s->flags & SF_TLS)) {
+		smtp_error(s, RPL_AUTH_NEED_TLS, NULL);
+		return CMD_DONE;
+	}
+	if (s->state < S_HELO) {
+		smtp_error(s, RPL_NEED_HELO, NULL);
+		return CMD_DONE;
+	}
+	if (s->client.login[0] != '\0') {
+		smtp_error(s, RPL_AUTH_TWICE, NULL);
+		return CMD_DONE;
+	}
+	if (s->state > S_HELO) {
+		smtp_error(s, RPL_TX_IN_PROGRESS, NULL);
+		return CMD_DONE;
+	}
+	if ((sp = memchr(arg, ' ', len)) != NULL) {
+		mlen = (size_t)(sp - arg);
+		ir = sp + 1;
+		irlen = len - mlen - 1;
+	} else
+		mlen = len;
+	/* "=" is an empty initial response (RFC 4954 4). */
+	if (ir != NULL && irlen == 1 && ir[0] == '=')
+		irlen = 0;
+	if (mlen == 5 && strncasecmp(arg, "PLAIN", 5) == 0) {
+		if (ir != NULL) {
+			smtp_auth_plain(s, ir, irlen);
+			return CMD_DONE;
+		}
+		s->auth_step = AUTH_PLAIN;
+		smtp_out(s, "334 \r\n", 6);
+	} else if (mlen == 5 && strncasecmp(arg, "LOGIN", 5) == 0) {
+		s->auth_step = AUTH_LOGIN_USER;
+		if (ir != NULL) {
+			smtp_auth_response(s, ir, irlen);
+			return CMD_DONE;
+		}
+		smtp_out(s, "334 " AUTH_LOGIN_PROMPT_USER "\r\n",
+		    sizeof("334 " AUTH_LOGIN_PROMPT_USER "\r\n") - 1);
+	} else if (mlen == 0)
+		smtp_error(s, RPL_NO_ARGS, "AUTH mechanism");
+	else
+		smtp_error(s, RPL_AUTH_MECH, NULL);
+	return CMD_DONE;
+}
+
 /*
  * STARTTLS (RFC 3207): 220, then the handshake once the reply is out
  * (smtp_tls_start(), from smtp_step()).
@@ -1083,7 +1352,7 @@ static const smtp_cmd_fn smtp_commands[SMTP_V__COUNT] = {
 	[SMTP_V_EXPN]		= smtp_cmd_expn,
 	[SMTP_V_HELP]		= smtp_cmd_local,
 	[SMTP_V_STARTTLS]	= smtp_cmd_starttls,
-	[SMTP_V_AUTH]		= smtp_cmd_local,
+	[SMTP_V_AUTH]		= smtp_cmd_auth,
 	[SMTP_V_BDAT]		= smtp_cmd_local,
 	[SMTP_V_XCLIENT]	= smtp_cmd_local,
 	[SMTP_V_XFORWARD]	= smtp_cmd_local,
@@ -1351,6 +1620,12 @@ smtp_step(struct smtp_session *s)
 
 	if (s->flags & (SF_CLOSING | SF_CLOSE_AFTER | SF_TLS_HS))
 		return STEP_WAIT;
+	if ((s->flags & (SF_PROXY | SF_DRAIN)) == (SF_PROXY | SF_DRAIN)) {
+		smtp_close(s, "shutdown");
+		return STEP_WAIT;
+	}
+	if (s->flags & SF_PROXY)
+		return smtp_proxy_header(s);
 	if (!smtp_out_room(s, REPLY_RESERVE)) {
 		smtp_flush(s);
 		if (!smtp_out_room(s, REPLY_RESERVE))
@@ -1373,6 +1648,8 @@ smtp_step(struct smtp_session *s)
 		return smtp_data_eom(s);
 	if (s->state == S_DATA)
 		return smtp_data_step(s);
+	if (s->auth_step == AUTH_CHECKING)
+		return STEP_WAIT;
 	if (s->in == NULL || (avail = s->in_end - s->in_start) == 0)
 		return STEP_WAIT;
 	if (s->flags & SF_SKIP) {
@@ -1386,8 +1663,10 @@ smtp_step(struct smtp_session *s)
 	}
 	max = s->cfg->max_line_length < IOBUF_SIZE / 2 ?
 	    s->cfg->max_line_length : IOBUF_SIZE / 2;
-	st = smtp_line_parse(s->in + s->in_start, avail, max, &line, &linelen,
-	    &consumed);
+	/* AUTH lines may be longer (checked once the verb is known). */
+	st = smtp_line_parse(s->in + s->in_start, avail,
+	    smtp_auth_offered(s) && max < AUTH_LINE_MAX ? AUTH_LINE_MAX : max,
+	    &line, &linelen, &consumed);
 	switch (st) {
 	case SMTP_LINE_NEED_MORE:
 		return STEP_WAIT;
@@ -1406,8 +1685,22 @@ smtp_step(struct smtp_session *s)
 	case SMTP_LINE_OK:
 		break;
 	}
+	if (s->auth_step != AUTH_IDLE) {
+		/* A SASL response, not a command; never logged. */
+		s->in_start += consumed;
+		smtp_auth_response(s, line, linelen);
+		return STEP_AGAIN;
+	}
 	v = smtp_cmd_parse(line, linelen, &arg, &arglen);
-	log_debug("session=%s < %.*s", s->idstr, (int)linelen, line);
+	if (linelen + 2 > max && v != SMTP_V_AUTH) {
+		if (!smtp_local(s))
+			return STEP_WAIT;
+		s->in_start += consumed;
+		smtp_error(s, RPL_LINE_TOO_LONG, NULL);
+		return STEP_AGAIN;
+	}
+	log_debug("session=%s < %.*s", s->idstr, (int)(v == SMTP_V_AUTH ?
+	    (linelen > 10 ? 10 : linelen) : linelen), line);
 	fn = (s->flags & SF_REFUSED) ? smtp_cmd_refused : smtp_commands[v];
 	if (fn(s, v, arg, arglen) == CMD_WAIT)
 		return STEP_WAIT;
@@ -1799,6 +2092,11 @@ smtp_timeout_cb(uv_timer_t *t)
 	}
 	log_info("session=%s client=%s timeout in state %s", s->idstr,
 	    s->addr, smtp_strstate[s->state]);
+	if (s->flags & (SF_PROXY | SF_TLS_HS)) {
+		/* Nothing is said before the PROXY header or the handshake. */
+		smtp_close(s, "timeout");
+		return;
+	}
 	if (smtp_out_room(s, REPLY_RESERVE))
 		smtp_reply(s, RPL_TIMEOUT, NULL);
 	s->flags |= SF_CLOSE_AFTER;
@@ -2066,12 +2364,15 @@ smtp_close(struct smtp_session *s, const char *why)
 	smtp_be_drop(s, s->state != S_DATA && s->state != S_DOT);
 	if (s->rdns != NULL)
 		s->rdns->s = NULL;
+	if (s->auth_req != NULL)
+		s->auth_req->s = NULL;
 	flt_run_abandon(&s->flt);
 	log_info("session end session=%s client=%s helo=%s transactions=%u "
-	    "errors=%u state=%s tls=%s reason=\"%s\" duration=%.3f",
+	    "errors=%u state=%s tls=%s user=%s reason=\"%s\" duration=%.3f",
 	    s->idstr, s->addr, s->client.helo[0] ? s->client.helo : "-",
 	    s->ntx, s->errors, smtp_strstate[s->state],
-	    (s->flags & SF_TLS) ? tlsio_version(s->tls) : "no", why,
+	    (s->flags & SF_TLS) ? tlsio_version(s->tls) : "no",
+	    s->client.login[0] ? s->client.login : "-", why,
 	    (double)(uv_now(&s->w->loop) - s->started) / 1000.0);
 	uv_close((uv_handle_t *)&s->tcp, smtp_closed_cb);
 	uv_close((uv_handle_t *)&s->timer, smtp_closed_cb);
@@ -2100,29 +2401,129 @@ smtp_session_next(struct smtp_session *s)
 	return s->next;
 }
 
-/* Fills s->addr and the XCLIENT address and port from the peer. */
-static int
-smtp_peer(struct smtp_session *s, struct sockaddr_storage *ss)
+/* Sets s->ss, s->addr and the XCLIENT address and port to sa's. */
+static void
+smtp_set_client(struct smtp_session *s, const struct sockaddr_storage *sa)
 {
-	int len = sizeof(*ss);
-
-	if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)ss, &len) < 0)
-		return -1;
-	if (ss->ss_family == AF_INET6) {
-		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+	s->ss = *sa;
+	if (sa->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)sa;
 
 		uv_ip6_name(a6, s->addr, sizeof(s->addr));
 		s->client.port = ntohs(a6->sin6_port);
 		snprintf(s->client.addr, sizeof(s->client.addr), "IPV6:%s",
 		    s->addr);
 	} else {
-		struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+		const struct sockaddr_in *a4 = (const struct sockaddr_in *)sa;
 
 		uv_ip4_name(a4, s->addr, sizeof(s->addr));
 		s->client.port = ntohs(a4->sin_port);
 		snprintf(s->client.addr, sizeof(s->client.addr), "%s", s->addr);
 	}
+}
+
+/* Sets the client to the connection's peer.  Returns 0, or -1. */
+static int
+smtp_peer(struct smtp_session *s)
+{
+	struct sockaddr_storage	ss;
+	int			len = sizeof(ss);
+
+	memset(&ss, 0, sizeof(ss));
+	if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&ss, &len) < 0)
+		return -1;
+	smtp_set_client(s, &ss);
 	return 0;
+}
+
+/*
+ * The session proper begins, with the client's address known (the peer's,
+ * or the one a PROXY header gave): the per-client connection limit, the
+ * reverse lookup, implicit TLS.  Returns 0, or -1 when the session was
+ * refused or closed.
+ */
+static int
+smtp_begin(struct smtp_session *s)
+{
+	char text[400];
+
+	if (s->cfg->max_conn_per_client != 0) {
+		if (client_table_add(s->w->ctx->clients,
+		    (const struct sockaddr *)&s->ss,
+		    s->cfg->max_conn_per_client) < 0) {
+			log_info("session=%s client=%s refused: %u connections "
+			    "from it", s->idstr, s->addr,
+			    s->cfg->max_conn_per_client);
+			snprintf(text, sizeof(text), "%s Error: too many "
+			    "connections from %s", s->cfg->hostname, s->addr);
+			smtp_reply(s, RPL_TOO_MANY_CONN_CLIENT, text);
+			s->flags |= SF_CLOSE_AFTER;
+			smtp_flush(s);
+			return -1;
+		}
+		s->flags |= SF_COUNTED;
+	}
+	if (s->lsn->tls == CFG_TLS_IMPLICIT) {
+		/* The greeting waits for the handshake. */
+		if ((s->tls = tlsio_new(s->lsn->tls_ctx, true, NULL)) == NULL) {
+			smtp_close(s, "out of memory");
+			return -1;
+		}
+		s->flags |= SF_TLS_HS;
+		/* What came after a PROXY header is the ClientHello. */
+		if (s->in != NULL && s->in_end > s->in_start) {
+			if (tlsio_feed(s->tls, s->in + s->in_start,
+			    s->in_end - s->in_start) < 0) {
+				smtp_close(s, "out of memory");
+				return -1;
+			}
+			s->in_start = s->in_end;
+		}
+	}
+	smtp_rdns_start(s, &s->ss);
+	return 0;
+}
+
+/*
+ * A PROXY listener: the header comes first, from a trusted proxy, and
+ * tells who the client is (HAProxy's PROXY protocol, versions 1 and 2).
+ * Anything else closes the connection.
+ */
+static enum step
+smtp_proxy_header(struct smtp_session *s)
+{
+	struct pp_result	r;
+	enum pp_status		st;
+	size_t			avail;
+	char			proxy[INET6_ADDRSTRLEN];
+
+	avail = s->in != NULL ? s->in_end - s->in_start : 0;
+	if (avail == 0)
+		return STEP_WAIT;
+	st = pp_parse(s->in + s->in_start, avail, &r);
+	if (st == PP_NEED_MORE && avail < PP_MAX_HEADER)
+		return STEP_WAIT;
+	if (st != PP_OK) {
+		log_warn("session=%s proxy=%s malformed PROXY header, closing",
+		    s->idstr, s->addr);
+		smtp_close(s, "malformed PROXY header");
+		return STEP_WAIT;
+	}
+	s->in_start += r.len;
+	s->flags &= ~SF_PROXY;
+	if (!r.local && (r.src.ss_family == AF_INET ||
+	    r.src.ss_family == AF_INET6)) {
+		snprintf(proxy, sizeof(proxy), "%s", s->addr);
+		smtp_set_client(s, &r.src);
+		log_info("session=%s client=%s port=%u via proxy %s (PROXY v%d)",
+		    s->idstr, s->addr, s->client.port, proxy, r.version);
+	} else
+		log_info("session=%s client=%s PROXY v%d without an address: "
+		    "the proxy's own connection", s->idstr, s->addr,
+		    r.version);
+	if (smtp_begin(s) < 0)
+		return STEP_WAIT;
+	return STEP_AGAIN;
 }
 
 /* A listener the session's config does not describe: plain SMTP. */
@@ -2173,7 +2574,7 @@ smtp_session_accept(struct worker *w, uv_stream_t *listener)
 	w->nsessions++;
 	n = atomic_fetch_add(&w->ctx->nconns, 1) + 1;
 	if (uv_accept(listener, (uv_stream_t *)&s->tcp) < 0 ||
-	    smtp_peer(s, &s->ss) < 0) {
+	    smtp_peer(s) < 0) {
 		smtp_close(s, "accept failed");
 		return;
 	}
@@ -2186,36 +2587,20 @@ smtp_session_accept(struct worker *w, uv_stream_t *listener)
 		smtp_flush(s);
 		return;
 	}
-	if (s->cfg->max_conn_per_client != 0) {
-		if (client_table_add(w->ctx->clients,
-		    (const struct sockaddr *)&s->ss,
-		    s->cfg->max_conn_per_client) < 0) {
-			log_info("session=%s client=%s refused: %u connections "
-			    "from it", s->idstr, s->addr,
-			    s->cfg->max_conn_per_client);
-			char text[400];
-
-			snprintf(text, sizeof(text), "%s Error: too many "
-			    "connections from %s", s->cfg->hostname, s->addr);
-			smtp_reply(s, RPL_TOO_MANY_CONN_CLIENT, text);
-			s->flags |= SF_CLOSE_AFTER;
-			smtp_flush(s);
-			return;
-		}
-		s->flags |= SF_COUNTED;
-	}
 	log_debug("session=%s connect from %s port %u", s->idstr, s->addr,
 	    s->client.port);
-	if (s->lsn->tls == CFG_TLS_IMPLICIT) {
-		/* The greeting waits for the handshake. */
-		if ((s->tls = tlsio_new(s->lsn->tls_ctx, true, NULL)) == NULL) {
-			smtp_close(s, "out of memory");
-			return;
-		}
-		s->flags |= SF_TLS_HS;
-	}
-	smtp_rdns_start(s, &s->ss);
 	if (w->draining)
 		s->flags |= SF_DRAIN;
+	if (s->lsn->proxy_protocol) {
+		if (!cidr_set_match(s->lsn->proxy_from,
+		    (const struct sockaddr *)&s->ss)) {
+			log_warn("session=%s PROXY header from %s refused: not "
+			    "in proxy_from", s->idstr, s->addr);
+			smtp_close(s, "untrusted proxy");
+			return;
+		}
+		s->flags |= SF_PROXY;	/* smtp_begin() once it is read */
+	} else if (smtp_begin(s) < 0)
+		return;
 	smtp_process(s);
 }

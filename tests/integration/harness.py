@@ -832,11 +832,13 @@ class Gateway:
             return f.read().decode("utf-8", "replace")
 
     def client(self, source_addr=None, greet=True, timeout=10.0, listener=0, tls_ctx=None):
-        """A connected SmtpClient to listen entry `listener` (TLS started
-        when it is an implicit TLS listener; greeting read and checked when
-        greet)."""
+        """A connected SmtpClient to listen entry `listener` (on a PROXY
+        listener after a "PROXY UNKNOWN" header; TLS started on an implicit
+        TLS listener; greeting read and checked when greet)."""
         c = SmtpClient(self.ports[listener], source_addr=source_addr, timeout=timeout).connect()
         ls = self.config.get("listen") or [{}]
+        if ls[listener].get("proxy_protocol"):
+            c.send(b"PROXY UNKNOWN\r\n")  # the connection's own address
         if ls[listener].get("tls") == "implicit":
             c.tls(tls_ctx)
         if greet:
