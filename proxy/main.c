@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "clients.h"
 #include "explain.h"
 #include "gate.h"
@@ -33,6 +34,16 @@ usage(void)
 	exit(2);
 }
 
+/* Warns of what a valid config holds that an operator should fix. */
+static void
+warn_config(const struct config *cfg)
+{
+	if (cfg != NULL && cfg->auth_db != NULL &&
+	    auth_db_world_readable(cfg->auth_db))
+		log_warn("auth: %s is readable by every user of this host; "
+		    "chmod o-r it", cfg->auth_users);
+}
+
 /* Loads path; prints every error to stderr and returns NULL on failure. */
 static struct config *
 load(const char *path)
@@ -44,6 +55,7 @@ load(const char *path)
 		fputs(errors, stderr);
 		free(errors);
 	}
+	warn_config(cfg);
 	return cfg;
 }
 
@@ -93,6 +105,7 @@ reload(struct proxy_ctx *ctx)
 		free(errors);
 		return;
 	}
+	warn_config(cfg);
 	if (!config_same_listen(cfg, ctx->cfg) ||
 	    cfg->workers != ctx->cfg->workers ||
 	    memcmp(&cfg->redis_addr, &ctx->cfg->redis_addr,
