@@ -4,7 +4,7 @@
 FROM debian:bookworm-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends \
         build-essential cmake pkg-config libuv1-dev libssl-dev \
-        libpcre2-dev libhiredis-dev libyaml-dev python3 \
+        libpcre2-dev libhiredis-dev libyaml-dev libcrypt-dev python3 \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY CMakeLists.txt ./
@@ -17,7 +17,8 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends \
-        libuv1 libyaml-0-2 libpcre2-8-0 libhiredis0.14 \
+        libuv1 libyaml-0-2 libpcre2-8-0 libhiredis0.14 libssl3 libcrypt1 \
+        ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --no-create-home --shell /usr/sbin/nologin smtpgate
 COPY --from=build /src/build/smtpgate /usr/local/bin/smtpgate
