@@ -3,18 +3,25 @@
  * and libuv (the only file that includes hiredis).
  *
  * One store per worker loop holds one hiredis async connection.  A check
- * is one EVALSHA of the GCRA script below over all its keys, so the keys
- * are read and written atomically with the server's clock.
+ * (one rl_check(), a request) is decided by the GCRA script below over all
+ * its keys, so the keys are read and written atomically with the server's
+ * clock.  The requests made in one loop iteration go out together, as one
+ * EVALSHA (a batch), when the loop writes: one round trip for each of
+ * them still, and the server's fixed cost of a script call (the call, its
+ * clock, the keys read once and written once) is paid once for all.
  *
- * Lifetimes.  A request (struct fr_req) is owned by hiredis from the
- * moment it is handed to redisAsyncCommandArgv() until hiredis calls
- * fr_reply_cb() for it: with the reply, or with NULL when the connection
- * is freed (hiredis runs every pending callback then).  fr_reply_cb()
- * always frees it, unless it resends it (NOSCRIPT).  Independently, the
- * request sits in the store's list of unanswered requests until done is
- * called: by the reply, by the timeout, or by the NULL reply of a lost
- * connection.  A request that timed out stays with hiredis (marked
- * FR_REQ_ANSWERED) and its late reply is dropped.
+ * Lifetimes.  A request belongs to a batch (struct fr_batch).  The open
+ * batch is the store's until the loop writes it (fr_ev_flush_cb); from
+ * the moment it is handed to redisAsyncCommandArgv() it is owned by
+ * hiredis until hiredis calls fr_reply_cb() for it: with the reply, or
+ * with NULL when the connection is freed (hiredis runs every pending
+ * callback then).  fr_reply_cb() always frees the batch and its requests,
+ * unless it resends the batch (NOSCRIPT).  An open batch is answered
+ * RL_ERROR and freed when the connection goes down or the store closes.
+ * Independently, each request sits in the store's list of unanswered
+ * requests until done is called: by the reply, by the timeout, or by the
+ * loss of the connection.  A request that timed out stays in its batch
+ * (marked FR_REQ_ANSWERED) and its late answer is dropped.
  *
  * hiredis 0.14 has no command timeout, hence the store's own deadline
  * timer; requests share one timeout and are answered in order, so the
@@ -53,103 +60,140 @@
 						 * (µs, 8.9 years), as in
 						 * rl_mem.c */
 #define FR_NUM_MAX	21	/* digits of a uint64_t, and a NUL */
-#define FR_ARGS_MAX	(1 + 4 * RL_CHECKS_MAX)	/* numkeys, keys, 3 per
-						 * check */
+#define FR_NUMS_MAX	(1 + 3 * RL_CHECKS_MAX)	/* a request's numbers: n,
+						 * then 3 per check */
+#define FR_ARGV_STACK	256	/* a batch's arguments kept on the stack */
 
 /*
- * The GCRA of rl_gcra() over all keys at once.  KEYS: the keys.  ARGV, 3
- * per key: the increment c * T, the window W (both in microseconds, at
- * most 2^48) and "1" when forced.  Returns {0, 0, 0} when every check
- * passed (all are counted), or {1, i, retry_ms} when check i (0-based)
- * is the first over its limit: then only the forced checks are
- * counted, and retry_ms is when check i would pass (for a forced one,
- * once counted).  A forced check over its own limit is denied too, as
- * rl_gcra() says and the in-process store does.  A key may appear twice:
- * the second check sees the first.
- *
- * One key, the common case, takes a short path without tables or
- * closures (the same arithmetic).
+ * The GCRA of rl_gcra() for a batch of checks: every check made in one
+ * loop iteration goes out in one EVALSHA.  KEYS: the keys of the first
+ * request, then of the second, and so on.  ARGV, per request: its number
+ * of checks n, then 3 per check: the increment c * T, the window W (both
+ * in microseconds, at most 2^48) and "1" when forced.  The requests are
+ * decided in order, each as if it ran alone after the one before: either
+ * all its checks pass and all are counted, or none but the forced ones
+ * is.  Returns one integer per request: 0 when it passed, or
+ * 32 * retry_ms + i + 1 when its check i (0-based) is the first over its
+ * limit, retry_ms being when check i would pass (for a forced one, once
+ * counted).  A forced check over its own limit is denied too, as
+ * rl_gcra() says and the in-process store does.  A key may appear more
+ * than once (within a request or across them): each check sees the ones
+ * before.  Each key is read once (GET) and written once at the end (SET
+ * with a time to live of TAT - now), whatever the number of checks on it.
+ * A batch of one request of one check, the common case when the load is
+ * light, takes a short path without tables or closures (the same
+ * arithmetic).
  *
  * Lua numbers are doubles: every value here stays an integer below 2^53
- * (now is about 2^50.6 until 2041; a TAT is kept below now + 2^50), so the
- * arithmetic is exact.  Numbers are formatted with %.0f: tostring() would
- * give "1.7e+15".
+ * (now is about 2^50.6 until 2041; a TAT is kept below now + 2^50, so
+ * 32 * retry_ms stays below 2^46), so the arithmetic is exact.  The TAT is
+ * formatted with %.0f (tostring() would give "1.7e+15"); the time to live
+ * in milliseconds, below 2^40, with tostring(), exact below 10^14.
  */
 static const char fr_script[] =
 "local t = redis.call('TIME')\n"
-"local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+"local now = t[1] * 1000000 + t[2]\n"
 "local cap = now + 1125899906842624\n"
-"if #KEYS == 1 then\n"
+"if #ARGV == 4 then\n"
 "  local k = KEYS[1]\n"
 "  local o = tonumber(redis.call('GET', k)) or 0\n"
 "  if o > cap then o = cap end\n"
-"  local inc = tonumber(ARGV[1])\n"
-"  local w = tonumber(ARGV[2])\n"
-"  local nt = math.max(o, now) + inc\n"
-"  local over = nt - now - w\n"
-"  if over > 0 and ARGV[3] ~= '1' then\n"
-"    return {1, 0, math.ceil(over / 1000)}\n"
+"  local inc = tonumber(ARGV[2])\n"
+"  local nt = (o > now and o or now) + inc\n"
+"  local over = nt - now - ARGV[3]\n"
+"  if over > 0 and ARGV[4] ~= '1' then\n"
+"    return {32 * math.ceil(over / 1000) + 1}\n"
 "  end\n"
 "  if nt > cap then nt = cap end\n"
 "  if nt ~= o and nt > now then\n"
 "    redis.call('SET', k, string.format('%.0f', nt), 'PX',\n"
-"        string.format('%.0f', math.ceil((nt - now) / 1000)))\n"
+"        tostring(math.ceil((nt - now) / 1000)))\n"
 "  end\n"
-"  if over <= 0 then return {0, 0, 0} end\n"
-"  local r = nt + inc - now - w\n"
+"  if over <= 0 then return {0} end\n"
+"  local r = nt + inc - now - ARGV[3]\n"
 "  if r < 0 then r = 0 end\n"
-"  return {1, 0, math.ceil(r / 1000)}\n"
+"  return {32 * math.ceil(r / 1000) + 1}\n"
 "end\n"
-"local old = {}\n"
-"for i = 1, #KEYS do\n"
-"  local k = KEYS[i]\n"
-"  if old[k] == nil then\n"
-"    local v = tonumber(redis.call('GET', k)) or 0\n"
+"local tat, old, res = {}, {}, {}\n"
+"local function get(k)\n"
+"  local v = tat[k]\n"
+"  if v == nil then\n"
+"    v = tonumber(redis.call('GET', k)) or 0\n"
 "    if v > cap then v = cap end\n"
+"    tat[k] = v\n"
 "    old[k] = v\n"
 "  end\n"
+"  return v\n"
 "end\n"
-"local function run(all)\n"
-"  local tat = {}\n"
-"  for k, v in pairs(old) do tat[k] = v end\n"
-"  for i = 1, #KEYS do\n"
-"    local k = KEYS[i]\n"
-"    local inc = tonumber(ARGV[3 * i - 2])\n"
-"    local force = ARGV[3 * i] == '1'\n"
+"local function run(all, ki, a, n)\n"
+"  local tmp = {}\n"
+"  for i = 1, n do\n"
+"    local k = KEYS[ki + i]\n"
+"    local inc = tonumber(ARGV[a + 3 * i - 2])\n"
+"    local force = ARGV[a + 3 * i] == '1'\n"
 "    if all or force then\n"
-"      local nt = math.max(tat[k], now) + inc\n"
-"      local over = nt - now - tonumber(ARGV[3 * i - 1])\n"
+"      local cur = tmp[k] or get(k)\n"
+"      local nt = (cur > now and cur or now) + inc\n"
+"      local over = nt - now - ARGV[a + 3 * i - 1]\n"
 "      if all and over > 0 then\n"
 "        if force then over = -1 end\n"
 "        return nil, i, over\n"
 "      end\n"
 "      if nt > cap then nt = cap end\n"
+"      tmp[k] = nt\n"
+"    end\n"
+"  end\n"
+"  return tmp\n"
+"end\n"
+"local a, ki, na = 1, 0, #ARGV\n"
+"while a <= na do\n"
+"  local n = tonumber(ARGV[a])\n"
+"  if n == 1 then\n"
+"    local k = KEYS[ki + 1]\n"
+"    local o = get(k)\n"
+"    local inc = tonumber(ARGV[a + 1])\n"
+"    local nt = (o > now and o or now) + inc\n"
+"    local over = nt - now - ARGV[a + 2]\n"
+"    if over > 0 and ARGV[a + 3] ~= '1' then\n"
+"      res[#res + 1] = 32 * math.ceil(over / 1000) + 1\n"
+"    else\n"
+"      if nt > cap then nt = cap end\n"
 "      tat[k] = nt\n"
+"      if over <= 0 then\n"
+"        res[#res + 1] = 0\n"
+"      else\n"
+"        local r = nt + inc - now - ARGV[a + 2]\n"
+"        if r < 0 then r = 0 end\n"
+"        res[#res + 1] = 32 * math.ceil(r / 1000) + 1\n"
+"      end\n"
+"    end\n"
+"  else\n"
+"    local tmp, i, retry = run(true, ki, a, n)\n"
+"    if tmp then\n"
+"      res[#res + 1] = 0\n"
+"    else\n"
+"      tmp = run(false, ki, a, n)\n"
+"    end\n"
+"    for k, v in pairs(tmp) do tat[k] = v end\n"
+"    if i then\n"
+"      if retry < 0 then\n"
+"        retry = math.max(tat[KEYS[ki + i]], now) +\n"
+"            ARGV[a + 3 * i - 2] - now - ARGV[a + 3 * i - 1]\n"
+"        if retry < 0 then retry = 0 end\n"
+"      end\n"
+"      res[#res + 1] = 32 * math.ceil(retry / 1000) + i\n"
 "    end\n"
 "  end\n"
-"  return tat\n"
+"  ki = ki + n\n"
+"  a = a + 1 + 3 * n\n"
 "end\n"
-"local function commit(tat)\n"
-"  for k, v in pairs(tat) do\n"
-"    if v ~= old[k] and v > now then\n"
-"      redis.call('SET', k, string.format('%.0f', v), 'PX',\n"
-"          string.format('%.0f', math.ceil((v - now) / 1000)))\n"
-"    end\n"
+"for k, v in pairs(tat) do\n"
+"  if v ~= old[k] and v > now then\n"
+"    redis.call('SET', k, string.format('%.0f', v), 'PX',\n"
+"        tostring(math.ceil((v - now) / 1000)))\n"
 "  end\n"
 "end\n"
-"local tat, i, retry = run(true)\n"
-"if tat then\n"
-"  commit(tat)\n"
-"  return {0, 0, 0}\n"
-"end\n"
-"tat = run(false)\n"
-"commit(tat)\n"
-"if retry < 0 then\n"
-"  retry = math.max(tat[KEYS[i]], now) + tonumber(ARGV[3 * i - 2]) -\n"
-"      now - tonumber(ARGV[3 * i - 1])\n"
-"  if retry < 0 then retry = 0 end\n"
-"end\n"
-"return {1, i - 1, math.ceil(retry / 1000)}\n";
+"return res\n";
 
 enum fr_state {
 	FR_DOWN,	/* no connection; the retry timer will make one */
@@ -158,21 +202,39 @@ enum fr_state {
 };
 
 #define FR_REQ_ANSWERED	0x01	/* done was called; a late reply is dropped */
-#define FR_REQ_RESENT	0x02	/* sent again as EVAL after NOSCRIPT */
 
-/* One check in flight. */
+/* One rl_check() in flight. */
 struct fr_req {
 	struct flt_redis	*st;		/* the store */
 	struct fr_req		*prev, *next;	/* in st's unanswered list */
+	struct fr_req		*bnext;		/* the next of its batch */
 	rl_done_fn		 done;		/* the caller's callback ... */
 	void			*arg;		/* ... and its argument */
 	uint64_t		 deadline;	/* uv_now() when it times out */
 	int			 flags;		/* FR_REQ_* */
 	size_t			 n;		/* checks in it */
-	int			 argc;		/* arguments in buf */
-	size_t			 argvlen[FR_ARGS_MAX];	/* their lengths */
-	char			 buf[];		/* numkeys, the prefixed keys,
-						 * then 3 numbers per check */
+	size_t			 keylen[RL_CHECKS_MAX];	/* each prefixed key's
+						 * length */
+	size_t			 numlen[FR_NUMS_MAX];	/* each number's length:
+						 * n, then 3 per check */
+	char			 buf[];		/* the prefixed keys, then the
+						 * numbers */
+};
+
+#define FR_BATCH_RESENT	0x01	/* sent again as EVAL after NOSCRIPT */
+
+/*
+ * The requests of one loop iteration, in one EVALSHA.  Open (st->open)
+ * until the loop writes it; then owned by hiredis until fr_reply_cb(),
+ * which frees it and its requests.
+ */
+struct fr_batch {
+	struct flt_redis	*st;		/* the store */
+	struct fr_req		*first, *last;	/* its requests, in order */
+	size_t			 nreq;		/* requests in it */
+	size_t			 nkeys;		/* keys over all of them */
+	size_t			 nnums;		/* numbers over all of them */
+	int			 flags;		/* FR_BATCH_* */
 };
 
 struct flt_redis {
@@ -207,6 +269,8 @@ struct flt_redis {
 						 * the last good one */
 	char			 sha[41];	/* the script's SHA1, hex */
 	struct fr_req		*head, *tail;	/* unanswered, oldest first */
+	struct fr_batch		*open;		/* the requests not written yet,
+						 * or NULL */
 };
 
 /* hiredis's event hooks on one connection's socket. */
@@ -225,7 +289,9 @@ static int	fr_check(struct rl_store *, const struct rl_check *, size_t,
 static void	fr_free(struct rl_store *);
 static void	fr_deadline_cb(uv_timer_t *);
 static void	fr_retry_cb(uv_timer_t *);
-static int	fr_send(redisAsyncContext *, struct fr_req *, int);
+static int	fr_send(redisAsyncContext *, struct fr_batch *, int);
+static void	fr_batch_flush(struct flt_redis *);
+static void	fr_batch_fail(struct flt_redis *);
 
 static const struct rl_store_ops fr_ops = { fr_check, fr_free };
 
@@ -295,9 +361,10 @@ fr_ev_del_read(void *p)
 }
 
 /*
- * Writes what the commands of this loop iteration queued, in one go, from
- * the loop (never from within rl_check(), so errors are reported from the
- * loop too).  Only what the kernel would not take waits for writability.
+ * Writes the checks of this loop iteration (the store's open batch, as one
+ * command) and whatever else hiredis queued, in one go, from the loop
+ * (never from within rl_check(), so errors are reported from the loop
+ * too).  Only what the kernel would not take waits for writability.
  */
 static void
 fr_ev_flush_cb(uv_check_t *h)
@@ -308,8 +375,22 @@ fr_ev_flush_cb(uv_check_t *h)
 	if (ev->ac == NULL)
 		return;
 	ev->flushing = 1;
-	redisAsyncHandleWrite(ev->ac);
+	fr_batch_flush(ev->ac->data);
+	/* A failed batch may have let go of the connection. */
+	if (ev->ac != NULL)
+		redisAsyncHandleWrite(ev->ac);
 	ev->flushing = 0;
+}
+
+/* Makes sure fr_ev_flush_cb() runs in this loop iteration (the open batch
+ * is written there). */
+static void
+fr_ev_want_flush(redisAsyncContext *ac)
+{
+	struct fr_ev *ev = ac->ev.data;
+
+	if (!ev->flushing && !uv_is_active((uv_handle_t *)&ev->flush))
+		uv_check_start(&ev->flush, fr_ev_flush_cb);
 }
 
 static void
@@ -457,12 +538,15 @@ fr_down(struct flt_redis *st, const char *why)
 		log_debug("ratelimit store=%s redis=%s:%d still unavailable: "
 		    "%s (retry in %u ms)", fr_name(st), st->host, st->port,
 		    why, st->backoff_ms);
+	/* The retry timer carries the close, if closing. */
+	if (!st->closing) {
+		uv_timer_start(&st->retry, fr_retry_cb, st->backoff_ms, 0);
+		st->backoff_ms = st->backoff_ms * 2 > FR_BACKOFF_MAX ?
+		    FR_BACKOFF_MAX : st->backoff_ms * 2;
+	}
+	/* Last: the answers may call rl_check() or rl_store_free(). */
+	fr_batch_fail(st);
 	fr_arm(st);
-	if (st->closing)
-		return;		/* the retry timer carries the close */
-	uv_timer_start(&st->retry, fr_retry_cb, st->backoff_ms, 0);
-	st->backoff_ms = st->backoff_ms * 2 > FR_BACKOFF_MAX ?
-	    FR_BACKOFF_MAX : st->backoff_ms * 2;
 }
 
 /*
@@ -658,93 +742,119 @@ fr_retry_cb(uv_timer_t *t)
 }
 
 /*
- * Reads the script's reply into *res.  Returns 0, or -1 when it is not
- * one the script can give.
+ * Reads a request's element of the script's reply into *res.  Returns 0,
+ * or -1 when it is not one the script can give.
  */
 static int
-fr_parse(const redisReply *r, size_t n, struct rl_result *res)
+fr_parse(const redisReply *e, size_t n, struct rl_result *res)
 {
-	long long s, i, retry;
+	long long v;
 
-	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
-	    r->element[0]->type != REDIS_REPLY_INTEGER ||
-	    r->element[1]->type != REDIS_REPLY_INTEGER ||
-	    r->element[2]->type != REDIS_REPLY_INTEGER)
+	if (e->type != REDIS_REPLY_INTEGER || e->integer < 0)
 		return -1;
-	s = r->element[0]->integer;
-	i = r->element[1]->integer;
-	retry = r->element[2]->integer;
-	if (s == 0) {
+	if ((v = e->integer) == 0) {
 		res->status = RL_ALLOW;
 		res->denied = 0;
 		res->retry_ms = 0;
 		return 0;
 	}
-	if (s != 1 || i < 0 || (unsigned long long)i >= n || retry < 0)
+	if (v % 32 == 0 || (unsigned long long)(v % 32) > n)
 		return -1;
 	res->status = RL_DENY;
-	res->denied = (size_t)i;
-	res->retry_ms = (uint64_t)retry;
+	res->denied = (size_t)(v % 32 - 1);
+	res->retry_ms = (uint64_t)(v / 32);
 	return 0;
 }
 
+/* Frees a batch and its requests. */
+static void
+fr_batch_free(struct fr_batch *b)
+{
+	struct fr_req *req, *next;
+
+	for (req = b->first; req != NULL; req = next) {
+		next = req->bnext;
+		free(req);
+	}
+	free(b);
+}
+
 /*
- * The reply to a check (NULL when the connection goes away).  Frees req,
- * unless it goes out again as EVAL.
+ * The reply to a batch (NULL when the connection goes away): answers each
+ * request not answered yet.  Frees the batch, unless it goes out again as
+ * EVAL.
  */
 static void
 fr_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 {
-	struct fr_req *req = privdata;
-	struct flt_redis *st = req->st;
+	struct fr_batch *b = privdata;
+	struct flt_redis *st = b->st;
 	redisReply *reply = r;
+	struct fr_req *req;
 	struct rl_result res;
+	size_t i;
+	int bad;
 
 	if (reply != NULL)
 		st->stalls = 0;		/* slow perhaps, but alive */
-	if (req->flags & FR_REQ_ANSWERED)
-		goto out;		/* timed out: the late reply is dropped */
-	if (reply == NULL || st->closing) {
-		fr_answer(req, &fr_error);
-		goto out;
-	}
-	if (reply->type == REDIS_REPLY_ERROR &&
-	    !(req->flags & FR_REQ_RESENT) &&
+	if (reply != NULL && !st->closing &&
+	    reply->type == REDIS_REPLY_ERROR &&
+	    !(b->flags & FR_BATCH_RESENT) &&
 	    strncmp(reply->str, "NOSCRIPT", 8) == 0) {
 		/* SCRIPT FLUSH, a restart or a failover: EVAL caches it. */
-		req->flags |= FR_REQ_RESENT;
-		if (fr_send(ac, req, 1) == REDIS_OK)
+		b->flags |= FR_BATCH_RESENT;
+		if (fr_send(ac, b, 1) == REDIS_OK)
 			return;
 	}
-	if (fr_parse(reply, req->n, &res) == -1) {
-		if (!st->err_logged) {
-			st->err_logged = 1;
-			log_warn("ratelimit store=%s redis=%s:%d bad reply: %s",
-			    fr_name(st), st->host, st->port,
-			    reply->type == REDIS_REPLY_ERROR ? reply->str :
-			    "not the script's");
+	bad = reply != NULL && !st->closing &&
+	    (reply->type != REDIS_REPLY_ARRAY || reply->elements != b->nreq);
+	for (req = b->first, i = 0; req != NULL; req = req->bnext, i++) {
+		/* A request that timed out is not answered again. */
+		if (req->flags & FR_REQ_ANSWERED)
+			continue;
+		if (reply == NULL || st->closing) {
+			fr_answer(req, &fr_error);
+			continue;
 		}
-		fr_answer(req, &fr_error);
-		goto out;
+		if (bad || fr_parse(reply->element[i], req->n, &res) == -1) {
+			if (!st->err_logged) {
+				st->err_logged = 1;
+				log_warn("ratelimit store=%s redis=%s:%d bad "
+				    "reply: %s", fr_name(st), st->host,
+				    st->port, reply->type == REDIS_REPLY_ERROR ?
+				    reply->str : "not the script's");
+			}
+			fr_answer(req, &fr_error);
+			continue;
+		}
+		st->err_logged = 0;
+		fr_answer(req, &res);
 	}
-	st->err_logged = 0;
-	fr_answer(req, &res);
- out:
-	free(req);
+	fr_batch_free(b);
 }
 
 /*
- * Sends req (again) as EVALSHA, or as EVAL with the script's text.
+ * Sends batch b (again) as EVALSHA, or as EVAL with the script's text.
  * Returns REDIS_OK when hiredis took it (and owns it until fr_reply_cb).
  */
 static int
-fr_send(redisAsyncContext *ac, struct fr_req *req, int eval)
+fr_send(redisAsyncContext *ac, struct fr_batch *b, int eval)
 {
-	const char *argv[2 + FR_ARGS_MAX];
-	size_t argvlen[2 + FR_ARGS_MAX];
-	const char *p = req->buf;
-	int i;
+	const char *sargv[FR_ARGV_STACK], **argv = sargv;
+	size_t sargvlen[FR_ARGV_STACK], *argvlen = sargvlen;
+	char numkeys[FR_NUM_MAX];
+	struct fr_req *req;
+	const char *p;
+	size_t argc, i, k, j;
+	int rc;
 
+	argc = 3 + b->nkeys + b->nnums;
+	if (argc > FR_ARGV_STACK) {
+		argv = calloc(argc, sizeof(*argv));
+		argvlen = calloc(argc, sizeof(*argvlen));
+		if (argv == NULL || argvlen == NULL)
+			fatalx("%s: out of memory", __func__);
+	}
 	if (eval) {
 		argv[0] = "EVAL";
 		argv[1] = fr_script;
@@ -752,36 +862,87 @@ fr_send(redisAsyncContext *ac, struct fr_req *req, int eval)
 		argvlen[1] = sizeof(fr_script) - 1;
 	} else {
 		argv[0] = "EVALSHA";
-		argv[1] = req->st->sha;
+		argv[1] = b->st->sha;
 		argvlen[0] = 7;
-		argvlen[1] = sizeof(req->st->sha) - 1;
+		argvlen[1] = sizeof(b->st->sha) - 1;
 	}
-	for (i = 0; i < req->argc; i++) {
-		argv[2 + i] = p;
-		argvlen[2 + i] = req->argvlen[i];
-		p += req->argvlen[i];
+	argvlen[2] = (size_t)snprintf(numkeys, sizeof(numkeys), "%zu",
+	    b->nkeys);
+	argv[2] = numkeys;
+	/* The keys of every request, then the numbers of every request. */
+	k = 3;
+	j = 3 + b->nkeys;
+	for (req = b->first; req != NULL; req = req->bnext) {
+		p = req->buf;
+		for (i = 0; i < req->n; i++) {
+			argv[k] = p;
+			argvlen[k++] = req->keylen[i];
+			p += req->keylen[i];
+		}
+		for (i = 0; i < 1 + 3 * req->n; i++) {
+			argv[j] = p;
+			argvlen[j++] = req->numlen[i];
+			p += req->numlen[i];
+		}
 	}
-	return redisAsyncCommandArgv(ac, fr_reply_cb, req, 2 + req->argc,
-	    argv, argvlen);
+	rc = redisAsyncCommandArgv(ac, fr_reply_cb, b, (int)argc, argv,
+	    argvlen);
+	if (argv != sargv) {
+		free(argv);
+		free(argvlen);
+	}
+	return rc;
 }
 
-/* Appends an argument to req->buf at *off. */
+/*
+ * Writes the open batch (from the loop): hiredis owns it from here.
+ * Refused (the connection is going down), its requests are answered
+ * RL_ERROR.
+ */
 static void
-fr_arg(struct fr_req *req, size_t *off, const char *s, size_t len)
+fr_batch_flush(struct flt_redis *st)
 {
-	memcpy(req->buf + *off, s, len);
-	*off += len;
-	req->argvlen[req->argc++] = len;
+	struct fr_batch *b = st->open;
+
+	if (b == NULL || st->ac == NULL)
+		return;
+	st->open = NULL;
+	if (fr_send(st->ac, b, 0) == REDIS_OK)
+		return;
+	st->open = b;
+	fr_batch_fail(st);
 }
 
+/*
+ * Answers the requests of the open batch RL_ERROR and frees it.  Their
+ * done may call rl_check() (which opens a new batch, or answers at once)
+ * or rl_store_free().
+ */
 static void
-fr_argnum(struct fr_req *req, size_t *off, uint64_t v)
+fr_batch_fail(struct flt_redis *st)
 {
-	char num[FR_NUM_MAX];
+	struct fr_batch *b = st->open;
+	struct fr_req *req;
+
+	if (b == NULL)
+		return;
+	st->open = NULL;
+	for (req = b->first; req != NULL; req = req->bnext)
+		if (!(req->flags & FR_REQ_ANSWERED))
+			fr_answer(req, &fr_error);
+	fr_batch_free(b);
+}
+
+/* Appends a number to req->buf at *off. */
+static void
+fr_argnum(struct fr_req *req, size_t *off, size_t i, uint64_t v)
+{
 	int len;
 
-	len = snprintf(num, sizeof(num), "%llu", (unsigned long long)v);
-	fr_arg(req, off, num, (size_t)len);
+	len = snprintf(req->buf + *off, FR_NUM_MAX, "%llu",
+	    (unsigned long long)v);
+	*off += (size_t)len;
+	req->numlen[i] = (size_t)len;
 }
 
 /*
@@ -817,26 +978,29 @@ fr_req_new(struct flt_redis *st, const struct rl_check *c, size_t n,
 	len = FR_NUM_MAX + n * (st->prefixlen + 3 * FR_NUM_MAX);
 	for (i = 0; i < n; i++)
 		len += c[i].keylen;
-	if ((req = calloc(1, sizeof(*req) + len)) == NULL)
+	if ((req = malloc(sizeof(*req) + len)) == NULL)
 		fatalx("%s: out of memory", __func__);
 	req->st = st;
+	req->prev = req->next = req->bnext = NULL;
 	req->done = done;
 	req->arg = arg;
+	req->flags = 0;
 	req->n = n;
 	req->deadline = uv_now(st->loop) + st->timeout_ms;
 
-	fr_argnum(req, &off, n);
 	for (i = 0; i < n; i++) {
 		/* One argument: the prefix and the key. */
 		memcpy(req->buf + off, st->prefix, st->prefixlen);
 		memcpy(req->buf + off + st->prefixlen, c[i].key, c[i].keylen);
 		off += st->prefixlen + c[i].keylen;
-		req->argvlen[req->argc++] = st->prefixlen + c[i].keylen;
+		req->keylen[i] = st->prefixlen + c[i].keylen;
 	}
+	fr_argnum(req, &off, 0, n);
 	for (i = 0; i < n; i++) {
-		fr_argnum(req, &off, c[i].cost * c[i].interval_us);
-		fr_argnum(req, &off, c[i].window_us);
-		fr_arg(req, &off, c[i].force ? "1" : "0", 1);
+		fr_argnum(req, &off, 1 + 3 * i, c[i].cost * c[i].interval_us);
+		fr_argnum(req, &off, 2 + 3 * i, c[i].window_us);
+		req->buf[off++] = c[i].force ? '1' : '0';
+		req->numlen[3 + 3 * i] = 1;
 	}
 	return req;
 }
@@ -846,19 +1010,33 @@ fr_check(struct rl_store *base, const struct rl_check *c, size_t n,
     struct rl_result *res, rl_done_fn done, void *arg)
 {
 	struct flt_redis *st = (struct flt_redis *)base;
+	struct fr_batch *b;
 	struct fr_req *req;
 
 	st->base.stats.checks++;
 	/* Out of bounds (RL_ERROR, as the in-process store), closing, down. */
-	if (!fr_valid(c, n) || st->closing || st->state != FR_READY)
+	if (!fr_valid(c, n) || st->closing || st->state != FR_READY ||
+	    st->ac == NULL)
 		goto error;
 
-	req = fr_req_new(st, c, n, done, arg);
-	/* Refused when hiredis is tearing the connection down. */
-	if (fr_send(st->ac, req, 0) != REDIS_OK) {
-		free(req);
-		goto error;
+	/* Into this iteration's batch, written by fr_ev_flush_cb(). */
+	if ((b = st->open) == NULL) {
+		if ((b = calloc(1, sizeof(*b))) == NULL)
+			fatalx("%s: out of memory", __func__);
+		b->st = st;
+		st->open = b;
+		fr_ev_want_flush(st->ac);
 	}
+	req = fr_req_new(st, c, n, done, arg);
+	if (b->last != NULL)
+		b->last->bnext = req;
+	else
+		b->first = req;
+	b->last = req;
+	b->nreq++;
+	b->nkeys += n;
+	b->nnums += 1 + 3 * n;
+
 	req->prev = st->tail;
 	if (st->tail != NULL)
 		st->tail->next = req;
@@ -940,6 +1118,7 @@ fr_close_cb(uv_timer_t *t)
 	st->state = FR_DOWN;
 	if (ac != NULL)
 		redisAsyncFree(ac);
+	fr_batch_fail(st);
 	if (st->head != NULL)
 		fatalx("%s: a request outlived its connection", __func__);
 	uv_close((uv_handle_t *)&st->retry, fr_closed_cb);
