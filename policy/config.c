@@ -174,6 +174,7 @@ static const struct cfg_key timeout_keys[] = {
 	KV("command",		CT_DURATION, to_command,	1, DAY),
 	KV("data",		CT_DURATION, to_data,		1, DAY),
 	KV("drain",		CT_DURATION, to_drain,		0, DAY),
+	KV("handshake",		CT_DURATION, to_handshake,	1, DAY),
 	KEND
 };
 
@@ -890,6 +891,7 @@ config_defaults(struct config *cfg)
 	cfg->to_command = 5 * 60 * 1000;
 	cfg->to_data = 3 * 60 * 1000;
 	cfg->to_drain = 30 * 1000;
+	cfg->to_handshake = 30 * 1000;
 	cfg->to_be_connect = 30 * 1000;
 	cfg->to_be_greeting = 5 * 60 * 1000;
 	cfg->to_be_helo = 5 * 60 * 1000;

@@ -126,6 +126,8 @@ struct config {
 	unsigned	 to_data;		/* waiting for the next DATA block */
 	unsigned	 to_drain;		/* shutdown: time given to
 						 * transactions in flight */
+	unsigned	 to_handshake;		/* the TLS handshake, and a PROXY
+						 * header, from start to end */
 
 	/* backend: timeouts: (RFC 5321 4.5.3.2 client timeouts) */
 	unsigned	 to_be_connect;		/* TCP connect */

@@ -105,13 +105,23 @@ reload(struct proxy_ctx *ctx)
 		free(errors);
 		return;
 	}
+	if (!config_same_listen(cfg, ctx->cfg)) {
+		/*
+		 * Sockets are bound at start; a config whose listen: entries
+		 * moved would pair them with settings not their own (a PROXY
+		 * or TLS listener served plain).  Refused as a whole.
+		 */
+		log_error("reload failed, old configuration kept: the listen "
+		    "addresses changed; restart to change them");
+		config_unref(cfg);
+		return;
+	}
 	warn_config(cfg);
-	if (!config_same_listen(cfg, ctx->cfg) ||
-	    cfg->workers != ctx->cfg->workers ||
+	if (cfg->workers != ctx->cfg->workers ||
 	    memcmp(&cfg->redis_addr, &ctx->cfg->redis_addr,
 	    sizeof(cfg->redis_addr)) != 0)
-		log_warn("reload: listen addresses, workers and the redis "
-		    "address take effect at the next restart");
+		log_warn("reload: workers and the redis address take effect "
+		    "at the next restart");
 	log_set_level(cfg->log_level);
 	for (i = 0; i < ctx->nworkers; i++)
 		worker_post(&ctx->workers[i], cfg, 0);

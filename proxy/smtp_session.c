@@ -103,7 +103,8 @@ enum smtp_auth_step {
 	AUTH_PLAIN,		/* "334 " sent: the PLAIN message comes next */
 	AUTH_LOGIN_USER,	/* "334 Username:" sent */
 	AUTH_LOGIN_PASS,	/* "334 Password:" sent */
-	AUTH_CHECKING		/* the password is being checked */
+	AUTH_CHECKING,		/* the password is being checked */
+	AUTH_DONE		/* checked: the answer is due (auth_ok) */
 };
 
 /* A password check in the thread pool; s is cleared if the session ends. */
@@ -188,6 +189,11 @@ struct smtp_session {
 	enum smtp_auth_step	 auth_step;	/* AUTH exchange in progress */
 	struct auth_req		*auth_req;	/* password check running, or NULL */
 	unsigned		 auth_fails;	/* failed AUTH attempts */
+	int			 auth_ok;	/* AUTH_DONE: 1 accepted, 0 refused,
+						 * -1 the check failed */
+	uint64_t		 deadline;	/* uv_now() by which the TLS
+						 * handshake or the PROXY header
+						 * must be done */
 	char			 auth_name[AUTH_FIELD_MAX + 1];	/* AUTH LOGIN:
 						 * the user name given */
 	struct be_conn		*be;		/* backend connection, or NULL */
@@ -1057,31 +1063,43 @@ smtp_auth_done(uv_work_t *req, int status)
 	struct smtp_session	*s = a->s;
 
 	if (s != NULL) {
+		/* The answer waits for room in the output (smtp_step()). */
 		s->auth_req = NULL;
-		s->auth_step = AUTH_IDLE;
-		if (status == 0 && a->result == 1) {
+		s->auth_step = AUTH_DONE;
+		s->auth_ok = status != 0 || a->result < 0 ? -1 : a->result;
+		if (s->auth_ok == 1) {
 			snprintf(s->client.login, sizeof(s->client.login), "%s",
 			    a->user);
 			log_info("session=%s client=%s authenticated user=%s "
 			    "mechanism=%s", s->idstr, s->addr, a->user, a->mech);
-			smtp_reply(s, RPL_AUTH_OK, NULL);
-			/* The next MAIL opens a backend connection that tells
-			 * the backend the login (XCLIENT LOGIN=). */
-			smtp_be_drop(s, 1);
-		} else {
-			s->auth_fails++;
+		} else
 			log_info("session=%s client=%s authentication failed "
 			    "user=%s mechanism=%s%s", s->idstr, s->addr, a->user,
-			    a->mech, a->result < 0 || status != 0 ?
-			    " (check failed)" : "");
-			smtp_error(s, a->result < 0 || status != 0 ?
-			    RPL_AUTH_TEMP : RPL_AUTH_FAILED, NULL);
-		}
+			    a->mech, s->auth_ok < 0 ? " (check failed)" : "");
 		smtp_process(s);
 	}
 	config_unref(a->cfg);
 	explicit_bzero(a, sizeof(*a));
 	free(a);
+}
+
+/* The check is done: its answer, now that the output has room. */
+static enum step
+smtp_auth_answer(struct smtp_session *s)
+{
+	s->auth_step = AUTH_IDLE;
+	if (s->auth_ok == 1) {
+		smtp_reply(s, RPL_AUTH_OK, NULL);
+		/* The next MAIL opens a backend connection that tells the
+		 * backend the login (XCLIENT LOGIN=). */
+		smtp_be_drop(s, 1);
+	} else {
+		if (s->auth_ok == 0)
+			s->auth_fails++;
+		smtp_error(s, s->auth_ok < 0 ? RPL_AUTH_TEMP : RPL_AUTH_FAILED,
+		    NULL);
+	}
+	return STEP_AGAIN;
 }
 
 /* Starts checking user's password pass (wiped here) in the thread pool. */
@@ -1091,6 +1109,7 @@ smtp_auth_check(struct smtp_session *s, const char *mech, const char *user,
 {
 	struct auth_req *a;
 
+	s->auth_step = AUTH_IDLE;
 	if ((a = calloc(1, sizeof(*a))) == NULL) {
 		explicit_bzero(pass, AUTH_FIELD_MAX + 1);
 		smtp_error(s, RPL_AUTH_TEMP, NULL);
@@ -1605,7 +1624,8 @@ static int
 smtp_idle(const struct smtp_session *s)
 {
 	return s->state <= S_HELO && s->fly_n == 0 &&
-	    !(s->flags & SF_AWAIT) && (s->be == NULL || be_ready(s->be));
+	    s->auth_step == AUTH_IDLE && !(s->flags & SF_AWAIT) &&
+	    (s->be == NULL || be_ready(s->be));
 }
 
 static enum step
@@ -1635,6 +1655,10 @@ smtp_step(struct smtp_session *s)
 		smtp_fly_fail_one(s);
 		return STEP_AGAIN;
 	}
+	if (s->auth_step == AUTH_DONE)
+		return smtp_auth_answer(s);
+	if (s->auth_step == AUTH_CHECKING)
+		return STEP_WAIT;
 	if ((s->flags & SF_DRAIN) && smtp_idle(s)) {
 		smtp_reply(s, RPL_SHUTDOWN, NULL);
 		s->flags |= SF_CLOSE_AFTER;
@@ -1648,8 +1672,6 @@ smtp_step(struct smtp_session *s)
 		return smtp_data_eom(s);
 	if (s->state == S_DATA)
 		return smtp_data_step(s);
-	if (s->auth_step == AUTH_CHECKING)
-		return STEP_WAIT;
 	if (s->in == NULL || (avail = s->in_end - s->in_start) == 0)
 		return STEP_WAIT;
 	if (s->flags & SF_SKIP) {
@@ -1674,12 +1696,14 @@ smtp_step(struct smtp_session *s)
 		if (!smtp_local(s))
 			return STEP_WAIT;
 		s->flags |= SF_SKIP;
+		s->auth_step = AUTH_IDLE;	/* an AUTH exchange ends */
 		smtp_error(s, RPL_LINE_TOO_LONG, NULL);
 		return STEP_AGAIN;
 	case SMTP_LINE_BARE:
 		if (!smtp_local(s))
 			return STEP_WAIT;
 		s->in_start += consumed;
+		s->auth_step = AUTH_IDLE;
 		smtp_error(s, RPL_BARE_EOL, NULL);
 		return STEP_AGAIN;
 	case SMTP_LINE_OK:
@@ -1699,8 +1723,11 @@ smtp_step(struct smtp_session *s)
 		smtp_error(s, RPL_LINE_TOO_LONG, NULL);
 		return STEP_AGAIN;
 	}
+	/* Never a password: AUTH's argument and unknown lines (a client
+	 * out of step may send one) are cut short. */
 	log_debug("session=%s < %.*s", s->idstr, (int)(v == SMTP_V_AUTH ?
-	    (linelen > 10 ? 10 : linelen) : linelen), line);
+	    (linelen > 10 ? 10 : linelen) : v == SMTP_V_UNKNOWN ?
+	    (linelen > 4 ? 4 : linelen) : linelen), line);
 	fn = (s->flags & SF_REFUSED) ? smtp_cmd_refused : smtp_commands[v];
 	if (fn(s, v, arg, arglen) == CMD_WAIT)
 		return STEP_WAIT;
@@ -1838,6 +1865,8 @@ smtp_tls_start(struct smtp_session *s)
 		return STEP_WAIT;
 	}
 	s->flags |= SF_TLS_HS;
+	s->flags &= ~SF_BE_FAILED;
+	s->deadline = uv_now(&s->w->loop) + s->cfg->to_handshake;
 	smtp_be_drop(s, 1);
 	s->client.helo[0] = '\0';
 	s->client.esmtp = 0;
@@ -1961,9 +1990,17 @@ smtp_tls_flush(struct smtp_session *s)
 static void
 smtp_timer_arm(struct smtp_session *s)
 {
-	if (!(s->flags & SF_CLOSING))
-		uv_timer_start(&s->timer, smtp_timeout_cb,
-		    s->state == S_DATA ? s->cfg->to_data : s->cfg->to_command, 0);
+	uint64_t now, ms;
+
+	if (s->flags & SF_CLOSING)
+		return;
+	if (s->flags & (SF_TLS_HS | SF_PROXY)) {
+		/* A fixed deadline: a trickle of bytes does not extend it. */
+		now = uv_now(&s->w->loop);
+		ms = s->deadline > now ? s->deadline - now : 1;
+	} else
+		ms = s->state == S_DATA ? s->cfg->to_data : s->cfg->to_command;
+	uv_timer_start(&s->timer, smtp_timeout_cb, ms, 0);
 }
 
 static void
@@ -2454,6 +2491,11 @@ smtp_begin(struct smtp_session *s)
 			log_info("session=%s client=%s refused: %u connections "
 			    "from it", s->idstr, s->addr,
 			    s->cfg->max_conn_per_client);
+			if (s->lsn->tls == CFG_TLS_IMPLICIT) {
+				/* No plaintext where TLS is expected. */
+				smtp_close(s, "too many connections from client");
+				return -1;
+			}
 			snprintf(text, sizeof(text), "%s Error: too many "
 			    "connections from %s", s->cfg->hostname, s->addr);
 			smtp_reply(s, RPL_TOO_MANY_CONN_CLIENT, text);
@@ -2470,6 +2512,7 @@ smtp_begin(struct smtp_session *s)
 			return -1;
 		}
 		s->flags |= SF_TLS_HS;
+		s->deadline = uv_now(&s->w->loop) + s->cfg->to_handshake;
 		/* What came after a PROXY header is the ClientHello. */
 		if (s->in != NULL && s->in_end > s->in_start) {
 			if (tlsio_feed(s->tls, s->in + s->in_start,
@@ -2526,10 +2569,11 @@ smtp_proxy_header(struct smtp_session *s)
 	return STEP_AGAIN;
 }
 
-/* A listener the session's config does not describe: plain SMTP. */
-static const struct cfg_listen smtp_plain_listener;
-
-/* The settings of listener idx of w in cfg. */
+/*
+ * The settings of listener idx of w in cfg, or NULL when cfg does not
+ * describe that socket (a reload never installs such a config; the
+ * connection is closed rather than served with settings not its own).
+ */
 static const struct cfg_listen *
 smtp_listener(const struct worker *w, const struct config *cfg, size_t idx)
 {
@@ -2537,7 +2581,7 @@ smtp_listener(const struct worker *w, const struct config *cfg, size_t idx)
 
 	if (idx >= cfg->nlisten || cfg->listen[idx].addr.sslen != a->sslen ||
 	    memcmp(&cfg->listen[idx].addr.ss, &a->ss, a->sslen) != 0)
-		return &smtp_plain_listener;
+		return NULL;
 	return &cfg->listen[idx];
 }
 
@@ -2578,10 +2622,19 @@ smtp_session_accept(struct worker *w, uv_stream_t *listener)
 		smtp_close(s, "accept failed");
 		return;
 	}
+	if (s->lsn == NULL) {
+		smtp_close(s, "listener not in the configuration");
+		return;
+	}
 	uv_tcp_nodelay(&s->tcp, 1);
 	if (n > s->cfg->max_connections) {
 		log_warn("session=%s client=%s refused: %u connections",
 		    s->idstr, s->addr, n - 1);
+		if (s->lsn->tls == CFG_TLS_IMPLICIT || s->lsn->proxy_protocol) {
+			/* No plaintext where TLS or a PROXY header is due. */
+			smtp_close(s, "too many connections");
+			return;
+		}
 		smtp_reply(s, RPL_TOO_MANY_CONN, NULL);
 		s->flags |= SF_CLOSE_AFTER;
 		smtp_flush(s);
@@ -2600,6 +2653,7 @@ smtp_session_accept(struct worker *w, uv_stream_t *listener)
 			return;
 		}
 		s->flags |= SF_PROXY;	/* smtp_begin() once it is read */
+		s->deadline = uv_now(&w->loop) + s->cfg->to_handshake;
 	} else if (smtp_begin(s) < 0)
 		return;
 	smtp_process(s);

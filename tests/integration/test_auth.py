@@ -143,6 +143,13 @@ class Auth(GatewayTestCase):
         c.expect(501, line="AUTH PLAIN =")
         c.expect(250, "2.0.0", line="NOOP")
 
+    def test_overlong_response_ends_the_exchange(self):
+        c = self.tls_client()
+        c.ehlo()
+        c.expect(334, line="AUTH PLAIN")
+        c.expect(500, "5.5.2", line="A" * 13000)
+        c.expect(250, "2.0.0", line="NOOP")
+
     def test_auth_in_transaction(self):
         c = self.tls_client()
         c.ehlo()

@@ -5,6 +5,7 @@ backend's XCLIENT; a missing, malformed or untrusted header closes the
 connection without a word."""
 
 import os
+import signal
 import socket
 import struct
 import sys
@@ -12,8 +13,8 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (  # noqa: E402
-    Gateway, GatewayTestCase, RecordingBackend, SmtpClient, make_message, tls_listener,
-    wait_until,
+    Gateway, GatewayTestCase, RecordingBackend, SmtpClient, free_port, make_message,
+    tls_listener, wait_until,
 )
 
 SENDER = "sender@client.example.test"
@@ -128,6 +129,28 @@ class ProxyProtocol(GatewayTestCase):
         final = c.transaction(SENDER, [RCPT], make_message())
         msgs = [m for m in self.backend.wait_messages(1) if final.text.endswith(" " + m.queue_id)]
         self.assertEqual(msgs[0].conn.xclient.get("ADDR"), "203.0.113.10")
+
+
+class ReloadKeepsListeners(unittest.TestCase):
+    def test_moved_listeners_refused(self):
+        backend = RecordingBackend()
+        self.addCleanup(backend.stop)
+        gw = Gateway([backend.addr], name="pp-reload", overrides={"listen": [
+            {"address": "127.0.0.1:0"},
+            {"address": "127.0.0.1:0", "proxy_protocol": True}]})
+        self.addCleanup(gw.cleanup)
+        gw.start()
+        # A new listener in front: the PROXY listener's index moves.
+        text = open(gw.config_path).read().replace(
+            "listen:\n", "listen:\n  - address: 127.0.0.1:%d\n" % free_port(), 1)
+        gw.write_config(text=text)
+        gw.signal(signal.SIGHUP)
+        wait_until(lambda: "the listen addresses changed" in gw.log, 10, "the refusal")
+        c = SmtpClient(gw.ports[1]).connect()
+        self.addCleanup(c.close)
+        c.send(b"EHLO client.example.test\r\n")  # no PROXY header: closed
+        self.assertEqual(c.wait_closed(), b"")
+        self.assertEqual(gw.stop(), 0)
 
 
 class UntrustedProxy(unittest.TestCase):

@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 import unittest
 import warnings
 
@@ -174,6 +175,34 @@ class Tls13Only(GatewayTestCase):
         c2 = self.client(ehlo=True)
         c2.starttls()
         self.assertEqual(c2.tls_version, "TLSv1.3")
+
+
+class HandshakeDeadline(GatewayTestCase):
+    """A handshake has a fixed deadline: bytes trickling in do not extend
+    it (timeouts.handshake)."""
+
+    OVERRIDES = {"listen": [tls_listener("starttls")],
+                 "timeouts": {"handshake": "1s", "command": "5m"}}
+
+    def test_trickled_client_hello(self):
+        c = self.client(ehlo=True)
+        c.expect(220, line="STARTTLS")
+        start = time.monotonic()
+        hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64
+        closed = False
+        for b in hello:
+            try:
+                c.send(bytes([b]))
+            except OSError:
+                closed = True
+                break
+            if c.pending(0.25) == b"" and c.eof:
+                closed = True
+                break
+        if not closed:
+            c.wait_closed(5)
+        self.assertLess(time.monotonic() - start, 8)
+        wait_until(lambda: "timeout" in self.gw.log, 5, "the timeout log line")
 
 
 class CertificateReload(unittest.TestCase):
