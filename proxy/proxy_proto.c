@@ -106,15 +106,17 @@ match(const char *buf, size_t n, size_t *pos, const char *lit)
 static int
 addr_start(int af, const char *text, size_t len)
 {
-	const char *const	*tails = af == AF_INET ? addr4_tails : addr6_tails;
+	const char *const	*tails;
 	size_t			 ntails, i, tlen, max;
 	char			 try[ADDR6_MAX + 1];
 	unsigned char		 addr[sizeof(struct in6_addr)];
 
 	if (af == AF_INET) {
+		tails = addr4_tails;
 		ntails = sizeof(addr4_tails) / sizeof(addr4_tails[0]);
 		max = ADDR4_MAX;
 	} else {
+		tails = addr6_tails;
 		ntails = sizeof(addr6_tails) / sizeof(addr6_tails[0]);
 		max = ADDR6_MAX;
 	}
@@ -228,7 +230,7 @@ v1_parse(const char *buf, size_t n, struct pp_result *r)
 	r->version = 1;
 	if ((st = match(buf, n, &pos, "PROXY ")) != PP_OK)
 		return st;
-	/* The three words differ in their first four octets. */
+	/* No word is a prefix of another: the first not PP_BAD decides. */
 	if ((st = match(buf, n, &pos, "UNKNOWN")) != PP_BAD)
 		return st == PP_OK ? v1_unknown(buf, n, pos, r) : st;
 	if ((st = match(buf, n, &pos, "TCP4 ")) == PP_OK)
