@@ -760,7 +760,7 @@ test_vs_mem(void)
 	struct rl_result mr;
 	struct ans a;
 	uint32_t rnd = 2463534242u;
-	uint64_t diff;
+	uint64_t diff, t0, slack;
 	int i, j, k, n, status, bad = 0, denied = 0;
 
 	h_init(&h);
@@ -775,12 +775,16 @@ test_vs_mem(void)
 			c[k] = chk(keys[j], limit[j], 60, (rnd >> 8) % 4,
 			    (rnd >> 16) % 5 == 0);
 		}
+		t0 = mono_ms();
 		status = check_wait(&h, st, c, (size_t)n, &a);
 		CHECK(rl_check(mem, c, (size_t)n, &mr, never_cb, NULL) == 0);
+		/* The two clocks read up to this far apart (a loaded machine
+		 * stretches it), and a ms of rounding each. */
+		slack = mono_ms() - t0 + 2;
 		diff = a.res.retry_ms > mr.retry_ms ?
 		    a.res.retry_ms - mr.retry_ms : mr.retry_ms - a.res.retry_ms;
 		if (status != (int)mr.status || (status == RL_DENY &&
-		    (a.res.denied != mr.denied || diff > 20))) {
+		    (a.res.denied != mr.denied || diff > slack))) {
 			if (bad++ < 5)
 				fprintf(stderr, "call %d: redis %d/%zu/%llu, "
 				    "mem %d/%zu/%llu\n", i, status,
@@ -1007,12 +1011,15 @@ test_stall(void)
 	struct ans a, b, q[2];
 	struct ans_set set = { q, NELEM(q) };
 	uint64_t t;
-	int i;
+	int i, late;
 
 	h_init(&h);
 	st = store_new(&h, &srv_stall, NULL, 0, 50);
 	CHECK(run_until(&h, pred_ready, st, 2000));
-	CHECK(check_wait(&h, st, &c, 1, &a) == RL_ALLOW);
+	for (i = 0; i < 20 && check_wait(&h, st, &c, 1, &a) != RL_ALLOW; i++)
+		;
+	CHECK(i < 20);
+	late = i;
 
 	/* One timeout, then the late reply (before b's) is dropped. */
 	kill(srv_stall.pid, SIGSTOP);
@@ -1059,12 +1066,17 @@ test_stall(void)
 	CHECK(q[0].calls == 1 && q[0].res.status == RL_ERROR);
 	CHECK(q[1].calls == 1 && q[1].res.status == RL_ERROR);
 
-	/* Back. */
+	/* Back: answers come again (a loaded machine may still miss the
+	 * 50 ms timeout now and then, hence a few tries). */
 	kill(srv_stall.pid, SIGCONT);
 	CHECK(run_until(&h, pred_ready, st, 10000));
-	CHECK(check_wait(&h, st, &c, 1, &a) == RL_ALLOW);
+	for (i = 0; i < 20 && check_wait(&h, st, &c, 1, &a) != RL_ALLOW; i++)
+		;
+	CHECK(i < 20);
+	late += i;
 	rl_store_stats(st, &sts);
-	CHECK(sts.outages == 1);
+	/* One outage, unless the machine was too slow for 50 ms above. */
+	CHECK(sts.outages == 1 || (late > 0 && sts.outages > 1));
 
 	/* Killed with a check pending, then restarted. */
 	CHECK(issue(&h, st, &c, 1, &a) == 1);
