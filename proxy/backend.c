@@ -4,6 +4,13 @@
  * Each attempt to reach a server lives in its own struct be_sock, so a
  * failed attempt can be closed (its callbacks then arrive with
  * UV_ECANCELED and find sk->be == NULL) while the next one starts.
+ *
+ * Under TLS (STARTTLS, see backend.h) the ciphertext is read into the free
+ * tail of rbuf, handed to OpenSSL at once, and the plaintext decrypted into
+ * the same place: no buffer of its own for the input.  Output is encrypted
+ * into OpenSSL's memory BIO and written from a chunk on the stack; what the
+ * kernel does not take at once goes to a buffer of the attempt's own
+ * (sk->tls_out) until the write completes.
  */
 #include <stddef.h>
 #include <stdio.h>
@@ -13,14 +20,19 @@
 #include "backend.h"
 #include "log.h"
 #include "smtp_parse.h"
+#include "tlsio.h"
 
 #define BE_RBUF	2048	/* longest reply we take, all lines together */
 #define BE_WBUF	4096	/* queued command lines */
+#define BE_TLSCHUNK 16384	/* ciphertext taken per uv_try_write */
 
 enum be_state {
 	BE_CONNECTING,		/* TCP connect in progress */
 	BE_GREETING,		/* waiting for the 220 */
 	BE_EHLO,		/* waiting for the EHLO reply */
+	BE_STARTTLS,		/* waiting for STARTTLS's 220 */
+	BE_HANDSHAKE,		/* TLS handshake in progress */
+	BE_EHLO_TLS,		/* waiting for the EHLO reply under TLS */
 	BE_XCLIENT,		/* waiting for XCLIENT's 220 */
 	BE_EHLO2,		/* waiting for the EHLO reply after XCLIENT */
 	BE_READY,		/* commands flow */
@@ -28,7 +40,8 @@ enum be_state {
 };
 
 static const char *const be_strstate[BE__COUNT] = {
-	"CONNECTING", "GREETING", "EHLO", "XCLIENT", "EHLO2", "READY"
+	"CONNECTING", "GREETING", "EHLO", "STARTTLS", "HANDSHAKE", "EHLO_TLS",
+	"XCLIENT", "EHLO2", "READY"
 };
 
 static const char *const be_strfail[] = {
@@ -37,6 +50,7 @@ static const char *const be_strfail[] = {
 	[BE_FAIL_PROTO] = "protocol error",
 	[BE_FAIL_CLOSED] = "connection lost",
 	[BE_FAIL_TIMEOUT] = "timeout",
+	[BE_FAIL_TLS] = "TLS failed",
 };
 
 #define BE_F_WRITING	0x01	/* a uv_write is pending */
@@ -44,12 +58,15 @@ static const char *const be_strfail[] = {
 #define BE_F_HELD	0x04	/* on_reply refused a reply; reading stopped */
 #define BE_F_CLOSED	0x08	/* be_close() done: no more callbacks */
 #define BE_F_DEFERRED	0x10	/* the timer carries a deferred failure */
+#define BE_F_TLS	0x20	/* the TLS handshake is done: I/O is encrypted */
 
 /* One attempt to reach one server. */
 struct be_sock {
 	uv_tcp_t	 tcp;		/* the connection */
 	uv_connect_t	 creq;		/* its connect request */
 	uv_write_t	 wreq;		/* its one pending write */
+	char		*tls_out;	/* ciphertext of that write (malloc'd,
+					 * freed when it ends), or NULL */
 	struct be_conn	*be;		/* owner, NULL once the attempt is retired */
 };
 
@@ -72,13 +89,19 @@ struct be_conn {
 	size_t			 roff;		/* start of unparsed input */
 	size_t			 rlen;		/* end of input in rbuf */
 	size_t			 wlen;		/* queued bytes in wbuf */
-	char			 rbuf[BE_RBUF];	/* replies being read */
+	struct tlsio		*tls;		/* TLS state once the server said
+						 * 220 to STARTTLS, else NULL;
+						 * belongs to the current attempt */
+	char			 rbuf[BE_RBUF];	/* replies being read (under TLS,
+						 * also the ciphertext just read) */
 	char			 wbuf[BE_WBUF];	/* commands being written */
 };
 
 static void be_attempt(struct be_conn *);
 static void be_attempt_failed(struct be_conn *, enum be_fail);
 static void be_fail(struct be_conn *, enum be_fail);
+static int be_tls_send(struct be_conn *, unsigned);
+static void be_tls_input(struct be_conn *);
 
 static void
 be_set_state(struct be_conn *be, enum be_state st)
@@ -104,6 +127,7 @@ be_sock_closed_cb(uv_handle_t *h)
 	struct be_sock *sk = (struct be_sock *)h;
 	struct be_conn *be = sk->be;
 
+	free(sk->tls_out);	/* normally freed by be_write_cb already */
 	free(sk);
 	if (be != NULL && --be->nopen == 0)
 		free(be);
@@ -120,13 +144,16 @@ be_retire_sock(struct be_conn *be)
 	sk->be = NULL;
 	uv_close((uv_handle_t *)&sk->tcp, be_sock_closed_cb);
 	be->sock = NULL;
-	be->flags &= ~(BE_F_WRITING | BE_F_DATAWRITE | BE_F_HELD);
+	be->flags &= ~(BE_F_WRITING | BE_F_DATAWRITE | BE_F_HELD | BE_F_TLS);
 	be->wlen = be->roff = be->rlen = 0;
+	tlsio_free(be->tls);
+	be->tls = NULL;
 }
 
 /*
  * Reports a failure from a later loop iteration: used where a callback
- * must not run from within the caller (be_open, be_flush).
+ * must not run from within the caller (be_open, be_flush).  Set-up steps
+ * start the timer with be_setup_timer(), which leaves such a failure be.
  */
 static void be_timer_cb(uv_timer_t *);
 
@@ -148,11 +175,39 @@ be_timer_cb(uv_timer_t *t)
 		be->flags &= ~BE_F_DEFERRED;
 		why = be->fail;
 	}
-	if (be->state == BE_READY)
+	if (be->state == BE_READY) {
 		be_fail(be, why);
-	else
-		be_attempt_failed(be, why == BE_FAIL_TIMEOUT ? BE_FAIL_CONN :
-		    why);
+		return;
+	}
+	if (why == BE_FAIL_TIMEOUT) {
+		log_warn("backend=%s timeout in state %s",
+		    be->cfg->backends[be->server].text,
+		    be_strstate[be->state]);
+		why = BE_FAIL_CONN;
+	}
+	be_attempt_failed(be, why);
+}
+
+/* Arms the timer for a set-up step, unless a failure is deferred on it. */
+static void
+be_setup_timer(struct be_conn *be, unsigned ms)
+{
+	if (!(be->flags & BE_F_DEFERRED))
+		uv_timer_start(&be->timer, be_timer_cb, ms, 0);
+}
+
+/*
+ * Moves the unparsed input to the front of rbuf.  Called only between
+ * reads, never within be_parse(): replies handed out are consumed by then.
+ */
+static void
+be_compact(struct be_conn *be)
+{
+	if (be->roff > 0) {
+		memmove(be->rbuf, be->rbuf + be->roff, be->rlen - be->roff);
+		be->rlen -= be->roff;
+		be->roff = 0;
+	}
 }
 
 static void
@@ -167,12 +222,11 @@ be_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 		buf->len = 0;
 		return;
 	}
-	/* Compact only here: replies handed out are consumed by then. */
-	if (be->roff > 0) {
-		memmove(be->rbuf, be->rbuf + be->roff, be->rlen - be->roff);
-		be->rlen -= be->roff;
-		be->roff = 0;
-	}
+	/*
+	 * Under TLS too: the ciphertext is fed to OpenSSL in be_read_cb()
+	 * before anything else, so the same room then takes the plaintext.
+	 */
+	be_compact(be);
 	buf->base = be->rbuf + be->rlen;
 	buf->len = sizeof(be->rbuf) - be->rlen;
 }
@@ -207,7 +261,7 @@ be_send_ehlo(struct be_conn *be, enum be_state next)
 	be_queue(be, line, (size_t)n);
 	be_flush(be);
 	be_set_state(be, next);
-	uv_timer_start(&be->timer, be_timer_cb, be->cfg->to_be_helo, 0);
+	be_setup_timer(be, be->cfg->to_be_helo);
 }
 
 /* Appends " KEY=xtext(val)" to line; returns the new length or 0. */
@@ -262,7 +316,7 @@ be_send_xclient(struct be_conn *be)
 	be_queue(be, line, len);
 	be_flush(be);
 	be_set_state(be, BE_XCLIENT);
-	uv_timer_start(&be->timer, be_timer_cb, be->cfg->to_be_helo, 0);
+	be_setup_timer(be, be->cfg->to_be_helo);
 }
 
 static void
@@ -274,28 +328,175 @@ be_set_ready(struct be_conn *be)
 }
 
 /*
+ * After the EHLO reply the session goes on with (in plaintext, or the
+ * first one under TLS): XCLIENT when configured and offered, else ready.
+ */
+static void
+be_after_ehlo(struct be_conn *be)
+{
+	if (be->cfg->xclient && (be->ext & SMTP_EXT_XCLIENT))
+		be_send_xclient(be);
+	else
+		be_set_ready(be);
+}
+
+/*
+ * After the first EHLO reply, with backend TLS configured: STARTTLS when
+ * the server offers it; otherwise on in plaintext (opportunistic) or the
+ * attempt is given up (required).  Returns 0 to go on reading, -1 when the
+ * attempt was given up.
+ */
+static int
+be_tls_offer(struct be_conn *be)
+{
+	const char *srv = be->cfg->backends[be->server].text;
+
+	if (be->ext & SMTP_EXT_STARTTLS) {
+		be_queue(be, "STARTTLS", 8);
+		be_flush(be);
+		be_set_state(be, BE_STARTTLS);
+		be_setup_timer(be, be->cfg->to_be_helo);
+		return 0;
+	}
+	if (be->cfg->be_tls == CFG_BETLS_REQUIRED) {
+		log_warn("backend=%s does not offer STARTTLS and TLS is "
+		    "required", srv);
+		be_attempt_failed(be, BE_FAIL_TLS);
+		return -1;
+	}
+	log_info("backend=%s does not offer STARTTLS: going on without TLS",
+	    srv);
+	be_after_ehlo(be);
+	return 0;
+}
+
+/*
+ * Writes what ciphertext the socket takes now, best effort, and drops the
+ * rest: the alert after a failed handshake, QUIT and close_notify before
+ * a close.
+ */
+static void
+be_tls_send_now(struct be_conn *be)
+{
+	char		 chunk[BE_TLSCHUNK];
+	uv_buf_t	 b;
+	size_t		 n;
+
+	if (be->sock == NULL || (be->flags & BE_F_WRITING))
+		return;
+	while ((n = tlsio_take(be->tls, chunk, sizeof(chunk))) > 0) {
+		b = uv_buf_init(chunk, (unsigned)n);
+		if (uv_try_write((uv_stream_t *)&be->sock->tcp, &b, 1) !=
+		    (int)n)
+			break;
+	}
+}
+
+/*
+ * Advances the handshake with the input fed so far and sends what that
+ * produced; once it is done, sends EHLO again, encrypted.  Returns 0 to go
+ * on, -1 when the attempt was given up.
+ */
+static int
+be_tls_handshake(struct be_conn *be)
+{
+	const char	*srv = be->cfg->backends[be->server].text;
+	int		 r;
+
+	if ((r = tlsio_handshake(be->tls)) < 0) {
+		log_warn("backend=%s TLS handshake failed: %s", srv,
+		    tlsio_error(be->tls));
+		be_tls_send_now(be);	/* the alert, if any */
+		be_attempt_failed(be, BE_FAIL_TLS);
+		return -1;
+	}
+	be_flush(be);
+	if (r == 0)
+		return 0;
+	be->flags |= BE_F_TLS;
+	log_info("backend=%s TLS established: %s %s", srv,
+	    tlsio_version(be->tls), tlsio_cipher(be->tls));
+	/* RFC 3207 4.2: what the server said before TLS counts no more. */
+	be->ext = be->xattrs = 0;
+	be->size = 0;
+	be_send_ehlo(be, BE_EHLO_TLS);
+	return 0;
+}
+
+/*
+ * STARTTLS was answered with 220: drops whatever the server sent after the
+ * 220 (in plaintext, so anyone on the path may have put it there: it must
+ * not be taken as replies later, CVE-2011-0411 the other way round) and
+ * starts the handshake.  Returns 0 or -1 as be_tls_handshake() does.
+ */
+static int
+be_tls_start(struct be_conn *be)
+{
+	const struct config	*cfg = be->cfg;
+	const char		*srv = cfg->backends[be->server].text;
+
+	if (be->rlen > be->roff)
+		log_warn("backend=%s discarded %zu bytes sent after the 220 "
+		    "to STARTTLS", srv, be->rlen - be->roff);
+	be->roff = be->rlen = 0;
+	be->tls = tlsio_new(cfg->be_tls_ctx, false,
+	    cfg->be_tls_name[0] != '\0' ? cfg->be_tls_name : NULL);
+	if (be->tls == NULL) {
+		log_warn("backend=%s cannot start TLS: out of memory", srv);
+		be_attempt_failed(be, BE_FAIL_TLS);
+		return -1;
+	}
+	be_set_state(be, BE_HANDSHAKE);
+	be_setup_timer(be, cfg->to_be_helo);
+	return be_tls_handshake(be);
+}
+
+/*
  * Handles one reply during connection setup.  Returns 0 to go on reading,
  * -1 when the attempt was given up.
  */
 static int
 be_setup_reply(struct be_conn *be, int code, const char *r, size_t len)
 {
+	enum be_fail why = BE_FAIL_SETUP;
+
 	switch (be->state) {
 	case BE_GREETING:
-		if (code / 100 != 2)
+		if (code / 100 != 2) {
+			why = BE_FAIL_CONN;
 			break;
+		}
 		be_send_ehlo(be, BE_EHLO);
 		return 0;
 	case BE_EHLO:
+	case BE_EHLO_TLS:
 	case BE_EHLO2:
 		if (code != 250)
 			break;
 		be->ext = smtp_ehlo_parse(r, len, &be->size, &be->xattrs);
-		if (be->state == BE_EHLO && be->cfg->xclient &&
-		    (be->ext & SMTP_EXT_XCLIENT))
-			be_send_xclient(be);
-		else
+		if (be->state == BE_EHLO && be->cfg->be_tls != CFG_BETLS_NONE)
+			return be_tls_offer(be);
+		if (be->state == BE_EHLO2)
 			be_set_ready(be);
+		else
+			be_after_ehlo(be);
+		return 0;
+	case BE_STARTTLS:
+		if (code == 220)
+			return be_tls_start(be);
+		/*
+		 * A 4xx or 5xx leaves the session as it was (RFC 3207 4):
+		 * opportunistic goes on in plaintext.  Anything else is a
+		 * confused server, whatever the mode.
+		 */
+		why = BE_FAIL_TLS;
+		if (be->cfg->be_tls == CFG_BETLS_REQUIRED ||
+		    (code / 100 != 4 && code / 100 != 5))
+			break;
+		log_info("backend=%s refused STARTTLS, going on without TLS: "
+		    "%.*s", be->cfg->backends[be->server].text,
+		    (int)(len > 2 ? len - 2 : len), r);
+		be_after_ehlo(be);
 		return 0;
 	case BE_XCLIENT:
 		if (code / 100 != 2)
@@ -308,8 +509,7 @@ be_setup_reply(struct be_conn *be, int code, const char *r, size_t len)
 	log_warn("backend=%s refused in state %s: %.*s",
 	    be->cfg->backends[be->server].text, be_strstate[be->state],
 	    (int)(len > 2 ? len - 2 : len), r);
-	be_attempt_failed(be, be->state == BE_GREETING ? BE_FAIL_CONN :
-	    BE_FAIL_SETUP);
+	be_attempt_failed(be, why);
 	return -1;
 }
 
@@ -356,13 +556,68 @@ be_parse(struct be_conn *be)
 		be->cb->on_batch(be->arg);
 }
 
+/* Ends the attempt, or the connection once it is ready, for why. */
+static void
+be_io_failed(struct be_conn *be, enum be_fail why)
+{
+	if (be->state == BE_READY)
+		be_fail(be, why);
+	else
+		be_attempt_failed(be, why);
+}
+
+/*
+ * Under TLS, after ciphertext was fed (or replies held back were taken):
+ * advances the handshake, or decrypts into rbuf and parses, as long as
+ * there is plaintext and room for it.  Ciphertext of a partial record
+ * stays with OpenSSL until the rest comes.
+ */
+static void
+be_tls_input(struct be_conn *be)
+{
+	struct be_sock	*sk = be->sock;
+	ssize_t		 n;
+
+	if (be->state == BE_HANDSHAKE &&
+	    (be_tls_handshake(be) < 0 || be->state == BE_HANDSHAKE))
+		return;
+	/*
+	 * The callbacks of be_parse() may close the connection or end the
+	 * attempt (be->sock is then another or NULL; sk is not freed before
+	 * the loop's next iteration, so the comparison is sound).
+	 */
+	while (!(be->flags & (BE_F_CLOSED | BE_F_HELD)) && be->sock == sk &&
+	    be->tls != NULL) {
+		be_compact(be);
+		if (be->rlen == sizeof(be->rbuf))
+			break;	/* be_parse() failed it as over-long */
+		n = tlsio_read(be->tls, be->rbuf + be->rlen,
+		    sizeof(be->rbuf) - be->rlen);
+		if (n == 0)
+			break;
+		if (n < 0) {
+			if (n == TLSIO_EOF)
+				log_debug("backend=%s TLS closed by the server",
+				    be->cfg->backends[be->server].text);
+			else
+				log_warn("backend=%s TLS: %s",
+				    be->cfg->backends[be->server].text,
+				    tlsio_error(be->tls));
+			be_io_failed(be, n == TLSIO_EOF ? BE_FAIL_CLOSED :
+			    BE_FAIL_PROTO);
+			return;
+		}
+		be->rlen += (size_t)n;
+		be_parse(be);
+	}
+}
+
 static void
 be_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
 	struct be_sock *sk = (struct be_sock *)st;
 	struct be_conn *be = sk->be;
 
-	(void)buf;
 	if (be == NULL || (be->flags & BE_F_CLOSED) || nread == 0)
 		return;
 	if (nread < 0) {
@@ -371,10 +626,19 @@ be_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 
 		log_debug("backend=%s read: %s",
 		    be->cfg->backends[be->server].text, uv_strerror(nread));
-		if (be->state == BE_READY)
-			be_fail(be, why);
-		else
-			be_attempt_failed(be, why);
+		be_io_failed(be, why);
+		return;
+	}
+	if (be->tls != NULL) {
+		/* Ciphertext, in rbuf's free tail (be_alloc_cb): feed it. */
+		if (tlsio_feed(be->tls, buf->base, (size_t)nread) < 0) {
+			log_warn("backend=%s TLS: %s",
+			    be->cfg->backends[be->server].text,
+			    tlsio_error(be->tls));
+			be_io_failed(be, BE_FAIL_CLOSED);
+			return;
+		}
+		be_tls_input(be);
 		return;
 	}
 	be->rlen += (size_t)nread;
@@ -500,6 +764,12 @@ be_server_name(const struct be_conn *be)
 	return be->cfg->backends[be->server].text;
 }
 
+const char *
+be_tls_version(const struct be_conn *be)
+{
+	return (be->flags & BE_F_TLS) ? tlsio_version(be->tls) : NULL;
+}
+
 int
 be_send(struct be_conn *be, const char *line, size_t len)
 {
@@ -513,8 +783,10 @@ be_write_cb(uv_write_t *req, int status)
 {
 	struct be_sock *sk = req->data;
 	struct be_conn *be = sk->be;
-	int data;
+	unsigned data;
 
+	free(sk->tls_out);
+	sk->tls_out = NULL;
 	if (be == NULL || (be->flags & BE_F_CLOSED))
 		return;
 	data = be->flags & BE_F_DATAWRITE;
@@ -524,12 +796,16 @@ be_write_cb(uv_write_t *req, int status)
 	if (status < 0) {
 		log_debug("backend=%s write: %s",
 		    be->cfg->backends[be->server].text, uv_strerror(status));
-		if (be->state == BE_READY)
-			be_fail(be, BE_FAIL_CLOSED);
-		else
-			be_attempt_failed(be, BE_FAIL_CLOSED);
+		be_io_failed(be, BE_FAIL_CLOSED);
 		return;
 	}
+	/*
+	 * Ciphertext made while this write was pending (the handshake's next
+	 * flight) goes now; a data write is done when that is out too.
+	 */
+	if (be->tls != NULL && tlsio_pending(be->tls) > 0 &&
+	    be_tls_send(be, data) != 0)
+		return;
 	if (data)
 		be->cb->on_write_done(be->arg);
 	else if (be->state == BE_READY)
@@ -561,12 +837,89 @@ be_write(struct be_conn *be, const char *buf, size_t len, unsigned flag)
 	return 1;
 }
 
+/*
+ * Under TLS: writes the ciphertext OpenSSL holds, what the socket takes at
+ * once from a chunk on the stack, the rest from sk->tls_out until the
+ * write completes (flag, BE_F_DATAWRITE or 0, is kept for be_write_cb).
+ * Returns 0 when all of it reached the kernel, 1 when a write is pending
+ * or a failure was deferred (nothing more is written then).
+ */
+static int
+be_tls_send(struct be_conn *be, unsigned flag)
+{
+	struct be_sock	*sk = be->sock;
+	uv_stream_t	*st = (uv_stream_t *)&sk->tcp;
+	char		 chunk[BE_TLSCHUNK];
+	uv_buf_t	 b;
+	size_t		 n, rest;
+	int		 w;
+
+	while ((n = tlsio_take(be->tls, chunk, sizeof(chunk))) > 0) {
+		b = uv_buf_init(chunk, (unsigned)n);
+		if ((w = uv_try_write(st, &b, 1)) < 0)
+			w = 0;	/* EAGAIN, or an error uv_write reports */
+		if ((size_t)w == n)
+			continue;
+		rest = n - (size_t)w + tlsio_pending(be->tls);
+		if ((sk->tls_out = malloc(rest)) == NULL)
+			goto fail;
+		memcpy(sk->tls_out, chunk + w, n - (size_t)w);
+		tlsio_take(be->tls, sk->tls_out + (n - (size_t)w),
+		    rest - (n - (size_t)w));
+		b = uv_buf_init(sk->tls_out, (unsigned)rest);
+		if (uv_write(&sk->wreq, st, &b, 1, be_write_cb) < 0) {
+			free(sk->tls_out);
+			sk->tls_out = NULL;
+			goto fail;
+		}
+		be->flags |= BE_F_WRITING | flag;
+		return 1;
+	}
+	return 0;
+fail:
+	/* Busy until the failure is reported: no write goes out of order. */
+	be->flags |= BE_F_WRITING;
+	be_defer_fail(be, BE_FAIL_CLOSED);
+	return 1;
+}
+
+/*
+ * Encrypts len bytes of buf and sends the ciphertext as be_tls_send()
+ * does.  Returns 0 or 1 as that does.
+ */
+static int
+be_tls_write(struct be_conn *be, const char *buf, size_t len, unsigned flag)
+{
+	if (len > 0 && tlsio_write(be->tls, buf, len) < 0) {
+		log_warn("backend=%s TLS: %s",
+		    be->cfg->backends[be->server].text, tlsio_error(be->tls));
+		be->flags |= BE_F_WRITING;
+		be_defer_fail(be, BE_FAIL_PROTO);
+		return 1;
+	}
+	return be_tls_send(be, flag);
+}
+
 int
 be_flush(struct be_conn *be)
 {
+	size_t len;
+
 	if (be->flags & BE_F_WRITING)
 		return 1;
-	if (be->wlen == 0 || be->sock == NULL || (be->flags & BE_F_CLOSED))
+	if (be->sock == NULL || (be->flags & BE_F_CLOSED))
+		return 0;
+	if (be->tls != NULL) {
+		/*
+		 * Until the handshake is done only its own output goes (no
+		 * command is queued then).  Encrypting copies: wbuf is free
+		 * again at once.
+		 */
+		len = (be->flags & BE_F_TLS) ? be->wlen : 0;
+		be->wlen -= len;
+		return be_tls_write(be, be->wbuf, len, 0);
+	}
+	if (be->wlen == 0)
 		return 0;
 	if (be_write(be, be->wbuf, be->wlen, 0) == 0) {
 		be->wlen = 0;
@@ -586,6 +939,8 @@ be_write_data(struct be_conn *be, const char *buf, size_t len)
 {
 	if (be->flags & (BE_F_WRITING | BE_F_CLOSED) || be->sock == NULL)
 		fatalx("%s: backend busy or closed", __func__);
+	if (be->tls != NULL)
+		return be_tls_write(be, buf, len, BE_F_DATAWRITE);
 	return be_write(be, buf, len, BE_F_DATAWRITE);
 }
 
@@ -607,6 +962,12 @@ be_resume(struct be_conn *be)
 		return;
 	be->flags &= ~BE_F_HELD;
 	be_parse(be);
+	/*
+	 * Under TLS, more replies may be decrypted already or still be
+	 * ciphertext OpenSSL holds: no read would bring them.
+	 */
+	if (be->tls != NULL)
+		be_tls_input(be);
 	if (!(be->flags & (BE_F_HELD | BE_F_CLOSED)) && be->sock != NULL)
 		uv_read_start((uv_stream_t *)&be->sock->tcp, be_alloc_cb,
 		    be_read_cb);
@@ -623,11 +984,21 @@ be_close(struct be_conn *be, int quit)
 	be->flags |= BE_F_CLOSED;
 	if (be->sock != NULL) {
 		if (quit && be->state == BE_READY &&
-		    !(be->flags & BE_F_WRITING))
-			(void)uv_try_write((uv_stream_t *)&be->sock->tcp, &b, 1);
+		    !(be->flags & BE_F_WRITING)) {
+			if (be->tls == NULL)
+				(void)uv_try_write((uv_stream_t *)&be->sock->tcp,
+				    &b, 1);
+			else if (tlsio_write(be->tls, quitcmd,
+			    sizeof(quitcmd) - 1) == 0) {
+				tlsio_close_notify(be->tls);
+				be_tls_send_now(be);
+			}
+		}
 		be->nopen++;
 		uv_close((uv_handle_t *)&be->sock->tcp, be_sock_closed_cb);
 		be->sock = NULL;
 	}
+	tlsio_free(be->tls);
+	be->tls = NULL;
 	uv_close((uv_handle_t *)&be->timer, be_handle_closed_cb);
 }

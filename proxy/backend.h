@@ -7,6 +7,26 @@
  * EHLO and, when configured and offered, XCLIENT (then EHLO again).  Then
  * the session sends commands with be_send() and message data with
  * be_write_data(); replies come back, in order, through on_reply.
+ *
+ * With backend: tls: other than none, STARTTLS (RFC 3207) comes right after
+ * the first EHLO: STARTTLS, its 220, the handshake (client side, SNI and
+ * certificate name tls_name when set), EHLO again, and XCLIENT (then EHLO)
+ * over TLS.  Bytes the server sent after its 220 in plaintext are dropped
+ * unread (never taken as replies).  After that, commands, replies and
+ * message data all go through TLS; data is encrypted as it is written, so
+ * it is not zero-copy then, but the caller sees the same contract.
+ *
+ * Which failures end the attempt on a server (the next server is tried;
+ * when none is left the session fails, its client gets 451 4.4.1):
+ *   - STARTTLS not offered: with required; opportunistic goes on in
+ *     plaintext.
+ *   - STARTTLS answered with a 4xx or 5xx: with required; opportunistic
+ *     goes on in plaintext (the server declined and nothing changed, RFC
+ *     3207 4).  Any other answer but 220 (a 2xx or 3xx) is a confused
+ *     server, and ends the attempt in both modes.
+ *   - The handshake failed (certificate verification included, with
+ *     verify): in both modes, since after the 220 the server expects TLS
+ *     and there is no way back to plaintext on that connection.
  */
 #ifndef SMTPGATE_BACKEND_H
 #define SMTPGATE_BACKEND_H
@@ -26,7 +46,9 @@ enum be_fail {
 	BE_FAIL_SETUP,		/* EHLO or XCLIENT refused by every server */
 	BE_FAIL_PROTO,		/* malformed or over-long reply */
 	BE_FAIL_CLOSED,		/* connection closed or reset by the backend */
-	BE_FAIL_TIMEOUT		/* no reply within the configured timeout */
+	BE_FAIL_TIMEOUT,	/* no reply within the configured timeout */
+	BE_FAIL_TLS		/* STARTTLS refused or missing (when required)
+				 * or the TLS handshake failed */
 };
 
 /* What the backend is told about the real client (XCLIENT). */
@@ -78,6 +100,12 @@ unsigned be_extensions(const struct be_conn *be);
 const char *be_server_name(const struct be_conn *be);
 
 /*
+ * The TLS protocol version of the connection ("TLSv1.3"), or NULL while it
+ * is plaintext.  The string is static.
+ */
+const char *be_tls_version(const struct be_conn *be);
+
+/*
  * Queues a command line (without CRLF; it is added) for the next
  * be_flush().  Returns 0, or -1 when the output buffer has no room now
  * (the caller retries after be_flush() and once be_busy() is 0).
@@ -98,6 +126,9 @@ int be_busy(const struct be_conn *be);
  * Writes message data straight from the caller's memory.  Returns 0 when
  * all of it reached the kernel, 1 when the rest is pending: the caller
  * keeps buf unchanged until on_write_done.  Errors come through on_fail.
+ * Under TLS buf is encrypted at once and the ciphertext is what stays
+ * pending (held by the connection); the caller may keep buf pinned all
+ * the same, and may not write more before on_write_done either way.
  */
 int be_write_data(struct be_conn *be, const char *buf, size_t len);
 

@@ -903,6 +903,14 @@ class BackendConn:
         self.commands = []            # command lines (bytes, no CRLF)
         self.xclient = {}             # XCLIENT attributes seen (str -> str)
         self.data_aborted = []        # DATA payloads cut off by a close
+        self.tls_at = None            # index in commands where STARTTLS got
+                                      # its 220 (with tls=True,
+                                      # commands[tls_at:] came encrypted;
+                                      # raw holds the plaintext), or None
+        self.tls_version = None       # "TLSv1.3" once TLS is up, or None
+        self.after_starttls = b""     # plaintext that followed STARTTLS
+                                      # (dropped, never run as commands)
+        self.pending = bytearray()    # replies held back (reply_chunking)
         self.closed = threading.Event()
         self.lock = threading.Lock()
 
@@ -945,13 +953,30 @@ class RecordingBackend:
                           "close_at_mail"     close on MAIL without replying
                           "close_after_rcpt"  reply to RCPT, then close
                           "close_mid_data"    close after reading some DATA
+                          "plain_after_starttls"  after the 220 to STARTTLS,
+                                              answer whatever comes next with
+                                              starttls_inject + "250 2.0.0 Ok"
+                                              in plaintext (a server that
+                                              cannot do TLS)
+      starttls_reply    None (default: "220 2.0.0 Ready to start TLS" when
+                        STARTTLS is offered, else the 502 of unknown
+                        commands) or the reply to STARTTLS
+      starttls_inject   bytes sent in the same write right after the 220 to
+                        STARTTLS, in plaintext (b"" by default)
+      reply_chunking    None: each reply in one write; "coalesce": the
+                        replies to the commands of one read in one write;
+                        "bytewise": one write per byte (under TLS, one
+                        record per byte)
     Attributes may be set while the server runs; each command looks them up.
     listen=False binds the port without listening (connections refused)
-    until listen() is called."""
+    until listen() is called.  tls=True offers STARTTLS (the first EHLO
+    reply lists it, the one under TLS does not) with the certificate of
+    tls_files(); STARTTLS is also answered 220 when ehlo_keywords lists it
+    without tls=True, but the connection then stays in plaintext."""
 
     counter = itertools.count(1)
 
-    def __init__(self, listen=True, ehlo_keywords=None, hostname="backend.test"):
+    def __init__(self, listen=True, ehlo_keywords=None, hostname="backend.test", tls=False):
         self.hostname = hostname
         self.greeting = "220 %s ESMTP" % hostname
         self.ehlo_keywords = list(DEFAULT_EHLO if ehlo_keywords is None else ehlo_keywords)
@@ -959,6 +984,14 @@ class RecordingBackend:
         self.rcpt_replies = {}
         self.data_reply = None
         self.fault = None
+        self.tls_context = None
+        if tls:
+            f = tls_files()
+            self.tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls_context.load_cert_chain(f.chain, f.key)
+        self.starttls_reply = None
+        self.starttls_inject = b""
+        self.reply_chunking = None
         self.connections = []
         self.messages = []
         self.cond = threading.Condition()
@@ -1054,7 +1087,54 @@ class RecordingBackend:
             t.start()
 
     def _send(self, conn, reply):
-        conn.sock.sendall(_reply_bytes(reply))
+        data = _reply_bytes(reply)
+        if self.reply_chunking == "coalesce":
+            conn.pending += data
+        elif self.reply_chunking == "bytewise":
+            for i in range(len(data)):
+                conn.sock.sendall(data[i:i + 1])
+        else:
+            conn.sock.sendall(data)
+
+    def _send_pending(self, conn):
+        if conn.pending:
+            data, conn.pending = bytes(conn.pending), bytearray()
+            conn.sock.sendall(data)
+
+    def _offers_starttls(self, conn):
+        return conn.tls_at is None and (
+            self.tls_context is not None
+            or any(k.upper() == "STARTTLS" for k in self.ehlo_keywords))
+
+    def _ehlo_keywords(self, conn):
+        kw = [k for k in self.ehlo_keywords if k.upper() != "STARTTLS"]
+        if self._offers_starttls(conn):
+            kw.append("STARTTLS")
+        return kw
+
+    def _starttls(self, conn, buf):
+        """STARTTLS: the reply (and starttls_inject), then the server side
+        of the handshake.  Returns the socket to go on with."""
+        if not self._offers_starttls(conn):
+            self._send(conn, self.starttls_reply or "502 5.5.2 Error: command not recognized")
+            return conn.sock
+        reply = _reply_bytes(self.starttls_reply or "220 2.0.0 Ready to start TLS")
+        self._send_pending(conn)
+        conn.sock.sendall(reply + self.starttls_inject)
+        if not reply.startswith(b"220"):
+            return conn.sock
+        # Whatever the client sent after STARTTLS is dropped (RFC 3207).
+        conn.after_starttls = bytes(buf)
+        del buf[:]
+        conn.tls_at = len(conn.commands)
+        if self.fault == "plain_after_starttls" or self.tls_context is None:
+            if self.fault == "plain_after_starttls":
+                conn.sock.recv(65536)
+                conn.sock.sendall(self.starttls_inject + b"250 2.0.0 Ok\r\n")
+            return conn.sock
+        conn.sock = self.tls_context.wrap_socket(conn.sock, server_side=True)
+        conn.tls_version = conn.sock.version()
+        return conn.sock
 
     def _serve(self, conn):
         s = conn.sock
@@ -1068,6 +1148,7 @@ class RecordingBackend:
         try:
             self._send(conn, self.greeting)
             while True:
+                self._send_pending(conn)
                 chunk = s.recv(262144)
                 if not chunk:
                     break
@@ -1114,7 +1195,7 @@ class RecordingBackend:
                     arg = cmdline[len(verb):].strip() if b" " in cmdline else b""
                     if verb in (b"EHLO", b"LHLO"):
                         lines = ["250-%s" % self.hostname] + \
-                            ["250-%s" % k for k in self.ehlo_keywords]
+                            ["250-%s" % k for k in self._ehlo_keywords(conn)]
                         lines[-1] = "250 " + lines[-1][4:]
                         self._send(conn, lines)
                     elif verb == b"HELO":
@@ -1167,6 +1248,8 @@ class RecordingBackend:
                         self._send(conn, "250 2.0.0 Ok")
                     elif verb == b"NOOP":
                         self._send(conn, "250 2.0.0 Ok")
+                    elif verb == b"STARTTLS":
+                        s = self._starttls(conn, buf)
                     elif verb == b"QUIT":
                         self._send(conn, "221 2.0.0 Bye")
                         closed_by_us = True
@@ -1180,6 +1263,10 @@ class RecordingBackend:
         finally:
             if in_data and not closed_by_us:
                 conn.data_aborted.append(bytes(buf[data_start:]))
+            try:
+                self._send_pending(conn)  # the 221 to QUIT, say
+            except OSError:
+                pass
             try:
                 s.close()
             except OSError:
@@ -1326,6 +1413,12 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
+# The TLS session cache and PRNG seed manager, for PrivatePostfix(tls=True).
+MASTER_CF_TLS = """\
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+"""
+
+
 def postfix_knows(param):
     """True when this Postfix has main.cf parameter `param`."""
     out = subprocess.run([POSTCONF, "-d", param], capture_output=True, text=True)
@@ -1337,9 +1430,11 @@ class PrivatePostfix:
     a temp dir, smtpd on 127.0.0.1:<free port>, local delivery of every
     recipient in example.test to one Maildir (TMP/mail/Maildir/), logs to
     TMP/maillog.  XCLIENT is allowed from 127.0.0.1; 127.0.0.1 is not in
-    mynetworks."""
+    mynetworks.  tls=True offers STARTTLS with the certificate of
+    tls_files(), logs each TLS session ("Anonymous TLS connection
+    established from ...") and records TLS use in the Received header."""
 
-    def __init__(self, extra_main=None):
+    def __init__(self, extra_main=None, tls=False):
         # Postfix insists the maillog file lies under maillog_file_prefixes;
         # a temp dir in /tmp keeps that simple.
         self.dir = tempfile.mkdtemp(prefix="smtpgate-postfix-", dir="/tmp")
@@ -1352,6 +1447,7 @@ class PrivatePostfix:
         self.maildir = os.path.join(self.mail_base, "Maildir")
         self.log_path = os.path.join(self.dir, "maillog")
         self.extra_main = dict(extra_main or {})
+        self.tls = tls
         self.port = None
         self.started = False
         self.tag = os.path.basename(self.dir).replace("smtpgate-postfix-", "")
@@ -1409,6 +1505,15 @@ class PrivatePostfix:
         if postfix_knows("smtpd_forbid_bare_newline"):
             main["smtpd_forbid_bare_newline"] = "reject"
             main["smtpd_forbid_bare_newline_exclusions"] = ""
+        if self.tls:
+            f = tls_files()
+            main.update({
+                "smtpd_tls_security_level": "may",
+                "smtpd_tls_cert_file": f.chain,
+                "smtpd_tls_key_file": f.key,
+                "smtpd_tls_received_header": "yes",
+                "smtpd_tls_loglevel": "1",
+            })
         main.update(self.extra_main)
         return "".join("%s = %s\n" % kv for kv in main.items())
 
@@ -1430,6 +1535,8 @@ class PrivatePostfix:
                 f.write(self._main_cf())
             with open(os.path.join(self.conf_dir, "master.cf"), "w") as f:
                 f.write(MASTER_CF.format(listen="127.0.0.1:%d" % self.port))
+                if self.tls:
+                    f.write(MASTER_CF_TLS)
             out = self._postfix("start")
             self.started = True
             _own(self)
