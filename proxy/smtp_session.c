@@ -369,12 +369,15 @@ smtp_tx_log(struct smtp_session *s, int status, const char *reply, size_t len)
 	if (eol != NULL)
 		len = (size_t)(eol - reply);
 	log_info("tx session=%s client=%s helo=%s from=%s rcpts=%s "
-	    "nrcpt=%u/%u size=%llu status=%d reply=\"%.*s\" duration=%.3f",
+	    "nrcpt=%u/%u size=%llu tls=%s backend_tls=%s status=%d "
+	    "reply=\"%.*s\" duration=%.3f",
 	    s->idstr, s->addr, s->client.helo[0] ? s->client.helo : "-",
 	    s->tx.from, s->tx.rcpts[0] ? s->tx.rcpts : "-",
 	    s->tx.nrcpt_ok, s->tx.nrcpt_sent,
 	    (unsigned long long)(s->tx.scan.bytes >= 3 ? s->tx.scan.bytes - 3 :
-	    0), status, (int)len, reply,
+	    0), (s->flags & SF_TLS) ? tlsio_version(s->tls) : "no",
+	    s->be != NULL && be_tls_version(s->be) != NULL ?
+	    be_tls_version(s->be) : "no", status, (int)len, reply,
 	    (double)(uv_now(&s->w->loop) - s->tx.started) / 1000.0);
 	s->ntx++;
 	atomic_fetch_add(&s->w->ctx->ntx, 1);
