@@ -81,7 +81,7 @@ cleanup() {
 		fi
 	fi
 	if [ "$postfix_started" -eq 1 ]; then
-		master=$(cat "$work/postfix/queue/pid/master.pid" 2>/dev/null | tr -d ' ') || true
+		master=$(tr -d ' ' 2>/dev/null <"$work/postfix/queue/pid/master.pid") || master=""
 		postfix -c "$work/postfix/conf" stop >/dev/null 2>&1 || true
 		# "postfix stop" returns before master has gone.
 		i=0
