@@ -12,11 +12,13 @@
  *
  * Lifetimes.  A request belongs to a batch (struct fr_batch).  The open
  * batch is the store's until the loop writes it (fr_ev_flush_cb); from
- * the moment it is handed to redisAsyncCommandArgv() it is owned by
+ * the moment it is handed to redisAsyncFormattedCommand() it is owned by
  * hiredis until hiredis calls fr_reply_cb() for it: with the reply, or
  * with NULL when the connection is freed (hiredis runs every pending
- * callback then).  fr_reply_cb() always frees the batch and its requests,
- * unless it resends the batch (NOSCRIPT).  An open batch is answered
+ * callback then).  fr_reply_cb() always releases the batch and its
+ * requests, unless it resends the batch (NOSCRIPT).  Released requests
+ * and batches go to the store's free lists (up to FR_FREE_MAX of each)
+ * and are reused by the next checks; they are freed with the store.  An open batch is answered
  * RL_ERROR and freed when the connection goes down or the store closes.
  * Independently, each request sits in the store's list of unanswered
  * requests until done is called: by the reply, by the timeout, or by the
@@ -25,7 +27,20 @@
  *
  * hiredis 0.14 has no command timeout, hence the store's own deadline
  * timer; requests share one timeout and are answered in order, so the
- * oldest unanswered one always has the nearest deadline.
+ * oldest unanswered one always has the nearest deadline.  The timer is
+ * lazy: it is started when a request comes and none is running, and not
+ * touched when requests are answered; when it fires it answers what is
+ * due and is started again for the oldest request left, if any.  While
+ * requests are unanswered it is thus always due at or before the oldest
+ * one's deadline, so each is answered RL_ERROR within the timeout (as
+ * exactly as libuv's timers go), at the cost of a wake-up per timeout at
+ * most instead of a timer restart per request.
+ *
+ * The work per check is kept small, as a check is made at every stage of
+ * every message that has a limit: a request's keys and numbers are
+ * written in the Redis protocol (RESP) once, when it is made, and a batch
+ * is written by putting a header before them (fr_format()) and handing
+ * the lot to hiredis as one preformatted command.
  *
  * The event hooks (fr_ev_*) follow hiredis's adapters/libuv.h, with one
  * fix: the 0.14 adapter ignores a uv_poll error (libuv reports POLLERR,
@@ -59,10 +74,14 @@
 #define FR_SPAN_MAX	(UINT64_C(1) << 48)	/* the largest W and c * T
 						 * (µs, 8.9 years), as in
 						 * rl_mem.c */
-#define FR_NUM_MAX	21	/* digits of a uint64_t, and a NUL */
-#define FR_NUMS_MAX	(1 + 3 * RL_CHECKS_MAX)	/* a request's numbers: n,
-						 * then 3 per check */
-#define FR_ARGV_STACK	256	/* a batch's arguments kept on the stack */
+#define FR_FREE_MAX	64	/* free requests (and batches) kept */
+#define FR_REQ_SIZE	512	/* a request's buffer, at least: one that
+				 * needs more is not kept for reuse */
+/* The RESP of one number argument, at most: "$20\r\n", 20 digits, CRLF. */
+#define FR_RESP_NUM	(5 + 20 + 2)
+/* The RESP of one key argument's framing, at most: "$" 5 digits CRLF,
+ * then CRLF after the key. */
+#define FR_RESP_KEY	(1 + 5 + 2 + 2)
 
 /*
  * The GCRA of rl_gcra() for a batch of checks: every check made in one
@@ -207,18 +226,19 @@ enum fr_state {
 struct fr_req {
 	struct flt_redis	*st;		/* the store */
 	struct fr_req		*prev, *next;	/* in st's unanswered list */
-	struct fr_req		*bnext;		/* the next of its batch */
+	struct fr_req		*bnext;		/* the next of its batch, or of
+						 * the free list */
 	rl_done_fn		 done;		/* the caller's callback ... */
 	void			*arg;		/* ... and its argument */
 	uint64_t		 deadline;	/* uv_now() when it times out */
 	int			 flags;		/* FR_REQ_* */
 	size_t			 n;		/* checks in it */
-	size_t			 keylen[RL_CHECKS_MAX];	/* each prefixed key's
-						 * length */
-	size_t			 numlen[FR_NUMS_MAX];	/* each number's length:
-						 * n, then 3 per check */
+	size_t			 size;		/* buf's size */
+	size_t			 keyslen;	/* the keys' RESP: buf[0..keyslen) */
+	size_t			 numslen;	/* the numbers' RESP, right after */
 	char			 buf[];		/* the prefixed keys, then the
-						 * numbers */
+						 * numbers (n, then 3 per check),
+						 * each as a RESP bulk string */
 };
 
 #define FR_BATCH_RESENT	0x01	/* sent again as EVAL after NOSCRIPT */
@@ -226,10 +246,11 @@ struct fr_req {
 /*
  * The requests of one loop iteration, in one EVALSHA.  Open (st->open)
  * until the loop writes it; then owned by hiredis until fr_reply_cb(),
- * which frees it and its requests.
+ * which releases it and its requests.
  */
 struct fr_batch {
 	struct flt_redis	*st;		/* the store */
+	struct fr_batch		*fnext;		/* the next in the free list */
 	struct fr_req		*first, *last;	/* its requests, in order */
 	size_t			 nreq;		/* requests in it */
 	size_t			 nkeys;		/* keys over all of them */
@@ -271,6 +292,19 @@ struct flt_redis {
 	struct fr_req		*head, *tail;	/* unanswered, oldest first */
 	struct fr_batch		*open;		/* the requests not written yet,
 						 * or NULL */
+	struct fr_req		*free_req;	/* released requests of
+						 * FR_REQ_SIZE, for reuse */
+	struct fr_batch		*free_batch;	/* released batches, for reuse */
+	unsigned		 nfree_req;	/* in free_req */
+	unsigned		 nfree_batch;	/* in free_batch */
+	char			*cmd;		/* the batch being written, as
+						 * RESP (hiredis copies it) */
+	size_t			 cmdsize;	/* cmd's size */
+	size_t			 evalsha_len;	/* cmd's "*" line excluded, the
+						 * length of the EVALSHA and SHA
+						 * arguments' RESP (once
+						 * loaded) */
+	char			 evalsha[64];	/* that RESP */
 };
 
 /* hiredis's event hooks on one connection's socket. */
@@ -514,7 +548,7 @@ fr_answer(struct fr_req *req, const struct rl_result *res)
 		st->base.stats.denied++;
 	else if (res->status == RL_ERROR)
 		st->base.stats.errors++;
-	fr_arm(st);
+	/* The deadline timer is left as it is (see the top of the file). */
 	req->done(req->arg, res);
 }
 
@@ -622,6 +656,8 @@ fr_load_cb(redisAsyncContext *ac, void *r, void *privdata)
 	}
 	memcpy(st->sha, reply->str, sizeof(st->sha) - 1);
 	st->sha[sizeof(st->sha) - 1] = '\0';
+	st->evalsha_len = (size_t)snprintf(st->evalsha, sizeof(st->evalsha),
+	    "$7\r\nEVALSHA\r\n$40\r\n%s\r\n", st->sha);
 	fr_ready(st);
 }
 
@@ -766,17 +802,29 @@ fr_parse(const redisReply *e, size_t n, struct rl_result *res)
 	return 0;
 }
 
-/* Frees a batch and its requests. */
+/* Releases a batch and its requests to the store's free lists (or
+ * frees them when the lists are full, or a request is an outsized one). */
 static void
 fr_batch_free(struct fr_batch *b)
 {
+	struct flt_redis *st = b->st;
 	struct fr_req *req, *next;
 
 	for (req = b->first; req != NULL; req = next) {
 		next = req->bnext;
-		free(req);
+		if (req->size == FR_REQ_SIZE && st->nfree_req < FR_FREE_MAX) {
+			req->bnext = st->free_req;
+			st->free_req = req;
+			st->nfree_req++;
+		} else
+			free(req);
 	}
-	free(b);
+	if (st->nfree_batch < FR_FREE_MAX) {
+		b->fnext = st->free_batch;
+		st->free_batch = b;
+		st->nfree_batch++;
+	} else
+		free(b);
 }
 
 /*
@@ -833,6 +881,99 @@ fr_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 	fr_batch_free(b);
 }
 
+/* Writes v in decimal at p; returns the number of digits. */
+static size_t
+fr_u64(char *p, uint64_t v)
+{
+	char tmp[20];
+	size_t n = 0, i;
+
+	do {
+		tmp[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v != 0);
+	for (i = 0; i < n; i++)
+		p[i] = tmp[n - 1 - i];
+	return n;
+}
+
+/* Writes the RESP of a bulk string's head ("$len\r\n") at p; returns its
+ * length. */
+static size_t
+fr_resp_head(char *p, char mark, uint64_t len)
+{
+	size_t n;
+
+	p[0] = mark;
+	n = 1 + fr_u64(p + 1, len);
+	p[n++] = '\r';
+	p[n++] = '\n';
+	return n;
+}
+
+/* Writes number v as a RESP bulk string at p; returns its length (at most
+ * FR_RESP_NUM). */
+static size_t
+fr_resp_num(char *p, uint64_t v)
+{
+	char digits[20];
+	size_t len = fr_u64(digits, v), n;
+
+	n = fr_resp_head(p, '$', len);
+	memcpy(p + n, digits, len);
+	n += len;
+	p[n++] = '\r';
+	p[n++] = '\n';
+	return n;
+}
+
+/*
+ * Writes batch b as one command in RESP into st->cmd: EVALSHA (or EVAL
+ * with the script's text), the number of keys, the keys of every request,
+ * then the numbers of every request.  Returns its length.
+ */
+static size_t
+fr_format(struct flt_redis *st, struct fr_batch *b, int eval)
+{
+	struct fr_req *req;
+	size_t need, off;
+	uint64_t argc = 3 + b->nkeys + b->nnums;
+
+	need = 64 + FR_RESP_NUM + (eval ? 32 + sizeof(fr_script) :
+	    st->evalsha_len);
+	for (req = b->first; req != NULL; req = req->bnext)
+		need += req->keyslen + req->numslen;
+	if (need > st->cmdsize) {
+		free(st->cmd);
+		st->cmdsize = need > 4096 ? need : 4096;
+		if ((st->cmd = malloc(st->cmdsize)) == NULL)
+			fatalx("%s: out of memory", __func__);
+	}
+	off = fr_resp_head(st->cmd, '*', argc);
+	if (eval) {
+		memcpy(st->cmd + off, "$4\r\nEVAL\r\n", 10);
+		off += 10;
+		off += fr_resp_head(st->cmd + off, '$', sizeof(fr_script) - 1);
+		memcpy(st->cmd + off, fr_script, sizeof(fr_script) - 1);
+		off += sizeof(fr_script) - 1;
+		st->cmd[off++] = '\r';
+		st->cmd[off++] = '\n';
+	} else {
+		memcpy(st->cmd + off, st->evalsha, st->evalsha_len);
+		off += st->evalsha_len;
+	}
+	off += fr_resp_num(st->cmd + off, b->nkeys);
+	for (req = b->first; req != NULL; req = req->bnext) {
+		memcpy(st->cmd + off, req->buf, req->keyslen);
+		off += req->keyslen;
+	}
+	for (req = b->first; req != NULL; req = req->bnext) {
+		memcpy(st->cmd + off, req->buf + req->keyslen, req->numslen);
+		off += req->numslen;
+	}
+	return off;
+}
+
 /*
  * Sends batch b (again) as EVALSHA, or as EVAL with the script's text.
  * Returns REDIS_OK when hiredis took it (and owns it until fr_reply_cb).
@@ -840,58 +981,11 @@ fr_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 static int
 fr_send(redisAsyncContext *ac, struct fr_batch *b, int eval)
 {
-	const char *sargv[FR_ARGV_STACK], **argv = sargv;
-	size_t sargvlen[FR_ARGV_STACK], *argvlen = sargvlen;
-	char numkeys[FR_NUM_MAX];
-	struct fr_req *req;
-	const char *p;
-	size_t argc, i, k, j;
-	int rc;
+	struct flt_redis *st = b->st;
+	size_t len;
 
-	argc = 3 + b->nkeys + b->nnums;
-	if (argc > FR_ARGV_STACK) {
-		argv = calloc(argc, sizeof(*argv));
-		argvlen = calloc(argc, sizeof(*argvlen));
-		if (argv == NULL || argvlen == NULL)
-			fatalx("%s: out of memory", __func__);
-	}
-	if (eval) {
-		argv[0] = "EVAL";
-		argv[1] = fr_script;
-		argvlen[0] = 4;
-		argvlen[1] = sizeof(fr_script) - 1;
-	} else {
-		argv[0] = "EVALSHA";
-		argv[1] = b->st->sha;
-		argvlen[0] = 7;
-		argvlen[1] = sizeof(b->st->sha) - 1;
-	}
-	argvlen[2] = (size_t)snprintf(numkeys, sizeof(numkeys), "%zu",
-	    b->nkeys);
-	argv[2] = numkeys;
-	/* The keys of every request, then the numbers of every request. */
-	k = 3;
-	j = 3 + b->nkeys;
-	for (req = b->first; req != NULL; req = req->bnext) {
-		p = req->buf;
-		for (i = 0; i < req->n; i++) {
-			argv[k] = p;
-			argvlen[k++] = req->keylen[i];
-			p += req->keylen[i];
-		}
-		for (i = 0; i < 1 + 3 * req->n; i++) {
-			argv[j] = p;
-			argvlen[j++] = req->numlen[i];
-			p += req->numlen[i];
-		}
-	}
-	rc = redisAsyncCommandArgv(ac, fr_reply_cb, b, (int)argc, argv,
-	    argvlen);
-	if (argv != sargv) {
-		free(argv);
-		free(argvlen);
-	}
-	return rc;
+	len = fr_format(st, b, eval);
+	return redisAsyncFormattedCommand(ac, fr_reply_cb, b, st->cmd, len);
 }
 
 /*
@@ -933,18 +1027,6 @@ fr_batch_fail(struct flt_redis *st)
 	fr_batch_free(b);
 }
 
-/* Appends a number to req->buf at *off. */
-static void
-fr_argnum(struct fr_req *req, size_t *off, size_t i, uint64_t v)
-{
-	int len;
-
-	len = snprintf(req->buf + *off, FR_NUM_MAX, "%llu",
-	    (unsigned long long)v);
-	*off += (size_t)len;
-	req->numlen[i] = (size_t)len;
-}
-
 /*
  * Returns 1 when the checks are within what the script computes exactly,
  * the same bounds as the in-process store's: T at least 1, W and c * T at
@@ -967,19 +1049,31 @@ fr_valid(const struct rl_check *c, size_t n)
 	return 1;
 }
 
-/* Builds the request of n valid checks; aborts when out of memory. */
+/*
+ * Builds the request of n valid checks, reusing a released one when it is
+ * large enough; aborts when out of memory.
+ */
 static struct fr_req *
 fr_req_new(struct flt_redis *st, const struct rl_check *c, size_t n,
     rl_done_fn done, void *arg)
 {
 	struct fr_req *req;
-	size_t i, len, off = 0;
+	size_t i, len, off, size;
+	char *p;
 
-	len = FR_NUM_MAX + n * (st->prefixlen + 3 * FR_NUM_MAX);
+	len = FR_RESP_NUM + n * (FR_RESP_KEY + st->prefixlen +
+	    3 * FR_RESP_NUM);
 	for (i = 0; i < n; i++)
 		len += c[i].keylen;
-	if ((req = malloc(sizeof(*req) + len)) == NULL)
-		fatalx("%s: out of memory", __func__);
+	if (len <= FR_REQ_SIZE && (req = st->free_req) != NULL) {
+		st->free_req = req->bnext;
+		st->nfree_req--;
+	} else {
+		size = len > FR_REQ_SIZE ? len : FR_REQ_SIZE;
+		if ((req = malloc(sizeof(*req) + size)) == NULL)
+			fatalx("%s: out of memory", __func__);
+		req->size = size;
+	}
 	req->st = st;
 	req->prev = req->next = req->bnext = NULL;
 	req->done = done;
@@ -988,20 +1082,27 @@ fr_req_new(struct flt_redis *st, const struct rl_check *c, size_t n,
 	req->n = n;
 	req->deadline = uv_now(st->loop) + st->timeout_ms;
 
+	/* The keys: one argument each, the prefix and the key. */
+	p = req->buf;
+	off = 0;
 	for (i = 0; i < n; i++) {
-		/* One argument: the prefix and the key. */
-		memcpy(req->buf + off, st->prefix, st->prefixlen);
-		memcpy(req->buf + off + st->prefixlen, c[i].key, c[i].keylen);
+		off += fr_resp_head(p + off, '$', st->prefixlen + c[i].keylen);
+		memcpy(p + off, st->prefix, st->prefixlen);
+		memcpy(p + off + st->prefixlen, c[i].key, c[i].keylen);
 		off += st->prefixlen + c[i].keylen;
-		req->keylen[i] = st->prefixlen + c[i].keylen;
+		p[off++] = '\r';
+		p[off++] = '\n';
 	}
-	fr_argnum(req, &off, 0, n);
+	req->keyslen = off;
+	/* The numbers: n, then c * T, W and the force flag of each check. */
+	off += fr_resp_num(p + off, n);
 	for (i = 0; i < n; i++) {
-		fr_argnum(req, &off, 1 + 3 * i, c[i].cost * c[i].interval_us);
-		fr_argnum(req, &off, 2 + 3 * i, c[i].window_us);
-		req->buf[off++] = c[i].force ? '1' : '0';
-		req->numlen[3 + 3 * i] = 1;
+		off += fr_resp_num(p + off, c[i].cost * c[i].interval_us);
+		off += fr_resp_num(p + off, c[i].window_us);
+		memcpy(p + off, c[i].force ? "$1\r\n1\r\n" : "$1\r\n0\r\n", 7);
+		off += 7;
 	}
+	req->numslen = off - req->keyslen;
 	return req;
 }
 
@@ -1021,7 +1122,11 @@ fr_check(struct rl_store *base, const struct rl_check *c, size_t n,
 
 	/* Into this iteration's batch, written by fr_ev_flush_cb(). */
 	if ((b = st->open) == NULL) {
-		if ((b = calloc(1, sizeof(*b))) == NULL)
+		if ((b = st->free_batch) != NULL) {
+			st->free_batch = b->fnext;
+			st->nfree_batch--;
+			memset(b, 0, sizeof(*b));
+		} else if ((b = calloc(1, sizeof(*b))) == NULL)
 			fatalx("%s: out of memory", __func__);
 		b->st = st;
 		st->open = b;
@@ -1043,7 +1148,8 @@ fr_check(struct rl_store *base, const struct rl_check *c, size_t n,
 	else
 		st->head = req;
 	st->tail = req;
-	if (st->head == req)
+	/* Lazy: a running timer is due at or before this deadline. */
+	if (!uv_is_active((uv_handle_t *)&st->deadline))
 		fr_arm(st);
 	return 1;
 
@@ -1094,9 +1200,20 @@ static void
 fr_closed_cb(uv_handle_t *h)
 {
 	struct flt_redis *st = h->data;
+	struct fr_req *req;
+	struct fr_batch *b;
 
 	if (--st->handles > 0)
 		return;
+	while ((req = st->free_req) != NULL) {
+		st->free_req = req->bnext;
+		free(req);
+	}
+	while ((b = st->free_batch) != NULL) {
+		st->free_batch = b->fnext;
+		free(b);
+	}
+	free(st->cmd);
 	free(st->host);
 	free(st->password);
 	free(st->prefix);
