@@ -153,6 +153,26 @@ struct smtp_tx {
 	char			rcpts[256];	/* forward paths, for the log */
 };
 
+#define ENVC_ARG_MAX	256	/* longer MAIL/RCPT arguments are parsed again
+				 * after a pending filter stage */
+
+/*
+ * A MAIL or RCPT command parsed before its filter stage went pending:
+ * once the answer comes the command is dispatched again, and takes this
+ * instead of parsing its argument again.  The parse points into the input
+ * buffer; it is taken only for the same bytes at the same address.
+ */
+struct smtp_envc {
+	int			 valid;		/* holds a parse not taken yet */
+	const char		*arg;		/* the argument, in s->in */
+	size_t			 len;		/* its length */
+	int			 is_rcpt;	/* RCPT (1) or MAIL (0) */
+	int			 smtputf8;	/* tx.smtputf8 it was checked with */
+	struct smtp_mailrcpt	 m;		/* smtp_mailrcpt_parse()'s */
+	struct smtp_mail_opts	 o;		/* smtp_params_check()'s */
+	char			 copy[ENVC_ARG_MAX];	/* the argument's bytes */
+};
+
 /* Reverse DNS lookup in the thread pool; s is cleared if the session ends. */
 struct rdns_req {
 	uv_work_t		 work;		/* the thread pool request */
@@ -213,6 +233,9 @@ struct smtp_session {
 						 * in flight gets (backend lost) */
 	struct smtp_tx		 tx;		/* the current transaction */
 	struct flt_run		 flt;		/* the filter stage in progress */
+	struct smtp_envc	*envc;		/* malloc'd at the first MAIL or
+						 * RCPT whose stage went pending,
+						 * or NULL */
 	size_t			 out_len;	/* bytes in out */
 	char			 out[OUT_SIZE];	/* replies to write */
 };
@@ -880,6 +903,49 @@ smtp_arg_reply(enum smtp_arg_err e, int is_rcpt)
 }
 
 /*
+ * Takes the parse of arg that smtp_envc_put() kept, if it is one of these
+ * very bytes.  Returns 1 when *m and *o are filled, 0 when arg must be
+ * parsed.
+ */
+static int
+smtp_envc_get(struct smtp_session *s, const char *arg, size_t len,
+    int is_rcpt, struct smtp_mailrcpt *m, struct smtp_mail_opts *o)
+{
+	struct smtp_envc *c = s->envc;
+
+	if (c == NULL || !c->valid)
+		return 0;
+	c->valid = 0;
+	if (c->arg != arg || c->len != len || c->is_rcpt != is_rcpt ||
+	    c->smtputf8 != (int)s->tx.smtputf8 || memcmp(c->copy, arg, len) != 0)
+		return 0;
+	*m = c->m;
+	*o = c->o;
+	return 1;
+}
+
+/* Keeps the parse of arg for its dispatch after the pending stage. */
+static void
+smtp_envc_put(struct smtp_session *s, const char *arg, size_t len,
+    int is_rcpt, const struct smtp_mailrcpt *m, const struct smtp_mail_opts *o)
+{
+	struct smtp_envc *c = s->envc;
+
+	if (len > ENVC_ARG_MAX)
+		return;
+	if (c == NULL && (c = s->envc = malloc(sizeof(*c))) == NULL)
+		return;		/* parsed again then */
+	c->valid = 1;
+	c->arg = arg;
+	c->len = len;
+	c->is_rcpt = is_rcpt;
+	c->smtputf8 = s->tx.smtputf8;
+	c->m = *m;
+	c->o = *o;
+	memcpy(c->copy, arg, len);
+}
+
+/*
  * MAIL and RCPT: checked here, then forwarded.  A local reply waits for
  * the replies in flight.
  */
@@ -904,9 +970,13 @@ smtp_cmd_envelope(struct smtp_session *s, enum smtp_verb v, const char *arg,
 		    NULL, 1);
 	if (s->tx.abort == TX_BACKEND)
 		return smtp_answer(s, s->tx.abort_reply, NULL, 0);
-	e = smtp_mailrcpt_parse(arg, len, is_rcpt, &m);
-	if (e == SMTP_ARG_OK)
-		e = smtp_params_check(&m, is_rcpt, s->tx.smtputf8, &o);
+	if (smtp_envc_get(s, arg, len, is_rcpt, &m, &o))
+		e = SMTP_ARG_OK;
+	else {
+		e = smtp_mailrcpt_parse(arg, len, is_rcpt, &m);
+		if (e == SMTP_ARG_OK)
+			e = smtp_params_check(&m, is_rcpt, s->tx.smtputf8, &o);
+	}
 	if (e != SMTP_ARG_OK)
 		return smtp_answer(s, smtp_arg_reply(e, is_rcpt), NULL, 1);
 	if (!is_rcpt && o.size > s->cfg->max_message_size)
@@ -916,8 +986,10 @@ smtp_cmd_envelope(struct smtp_session *s, enum smtp_verb v, const char *arg,
 		return smtp_answer(s, RPL_TOO_MANY_RCPT, NULL, 0);
 	fv = smtp_filter(s, is_rcpt ? FLT_RCPT : FLT_MAIL,
 	    is_rcpt ? NULL : &m.path, is_rcpt ? &m.path : NULL, NULL, 0);
-	if (fv == FLT_PENDING)
+	if (fv == FLT_PENDING) {
+		smtp_envc_put(s, arg, len, is_rcpt, &m, &o);
 		return CMD_WAIT;
+	}
 	if (smtp_refusing(fv)) {
 		if (!smtp_local(s))
 			return CMD_WAIT;
@@ -2371,6 +2443,7 @@ smtp_free(struct smtp_session *s)
 	if (s->in != NULL)
 		worker_buf_put(w, s->in);
 	free(s->tx.hdr.buf);
+	free(s->envc);
 	free(s->tls_wbuf);
 	tlsio_free(s->tls);
 	if (s->flags & SF_COUNTED)
