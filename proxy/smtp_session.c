@@ -195,6 +195,12 @@ struct smtp_session {
 	char			*tls_wbuf;	/* ciphertext of the pending client
 						 * write (malloc'd), or NULL */
 	uv_timer_t		 timer;		/* command / data timeout */
+	uint64_t		 timer_due;	/* uv_now() of the timeout: the
+						 * timer may be due earlier (it
+						 * is not restarted for a later
+						 * one) and then starts again */
+	uint64_t		 timer_fire;	/* uv_now() the timer is due, while
+						 * it runs */
 	uv_write_t		 wreq;		/* the one pending client write */
 	int			 nopen;		/* handles not yet closed */
 	enum smtp_state		 state;		/* protocol state */
@@ -2062,6 +2068,12 @@ smtp_tls_flush(struct smtp_session *s)
 
 /* ---- Client I/O ---------------------------------------------------------- */
 
+/*
+ * Sets the session's timeout from now (or its fixed deadline).  Called
+ * after every event, so the timer is not restarted each time: while it
+ * runs and is due no later than the new timeout, it is left alone, and
+ * smtp_timeout_cb() starts it again for what is left when it fires early.
+ */
 static void
 smtp_timer_arm(struct smtp_session *s)
 {
@@ -2069,12 +2081,17 @@ smtp_timer_arm(struct smtp_session *s)
 
 	if (s->flags & SF_CLOSING)
 		return;
+	now = uv_now(&s->w->loop);
 	if (s->flags & (SF_TLS_HS | SF_PROXY)) {
 		/* A fixed deadline: a trickle of bytes does not extend it. */
-		now = uv_now(&s->w->loop);
 		ms = s->deadline > now ? s->deadline - now : 1;
 	} else
 		ms = s->state == S_DATA ? s->cfg->to_data : s->cfg->to_command;
+	s->timer_due = now + ms;
+	if (uv_is_active((uv_handle_t *)&s->timer) &&
+	    s->timer_fire <= s->timer_due)
+		return;
+	s->timer_fire = s->timer_due;
 	uv_timer_start(&s->timer, smtp_timeout_cb, ms, 0);
 }
 
@@ -2191,7 +2208,15 @@ static void
 smtp_timeout_cb(uv_timer_t *t)
 {
 	struct smtp_session *s = t->data;
+	uint64_t now = uv_now(&s->w->loop);
 
+	/* Due early: the timeout moved on since the timer was started. */
+	if (now < s->timer_due) {
+		s->timer_fire = s->timer_due;
+		uv_timer_start(&s->timer, smtp_timeout_cb, s->timer_due - now,
+		    0);
+		return;
+	}
 	/*
 	 * Waiting for the backend is timed by the backend's own timer; but a
 	 * client that has not read its replies for this long is not waited
