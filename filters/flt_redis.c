@@ -881,19 +881,31 @@ fr_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 	fr_batch_free(b);
 }
 
-/* Writes v in decimal at p; returns the number of digits. */
+/* Writes v in decimal at p; returns the number of digits (at most 20).
+ * Two digits at a time, from the end. */
 static size_t
 fr_u64(char *p, uint64_t v)
 {
+	static const char pairs[] =
+	    "00010203040506070809101112131415161718192021222324"
+	    "25262728293031323334353637383940414243444546474849"
+	    "50515253545556575859606162636465666768697071727374"
+	    "75767778798081828384858687888990919293949596979899";
 	char tmp[20];
-	size_t n = 0, i;
+	size_t i = sizeof(tmp), n;
 
-	do {
-		tmp[n++] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v != 0);
-	for (i = 0; i < n; i++)
-		p[i] = tmp[n - 1 - i];
+	while (v >= 100) {
+		i -= 2;
+		memcpy(tmp + i, pairs + 2 * (v % 100), 2);
+		v /= 100;
+	}
+	if (v >= 10) {
+		i -= 2;
+		memcpy(tmp + i, pairs + 2 * v, 2);
+	} else
+		tmp[--i] = (char)('0' + v);
+	n = sizeof(tmp) - i;
+	memcpy(p, tmp + i, n);
 	return n;
 }
 
