@@ -315,6 +315,9 @@ struct fr_ev {
 					 * per loop iteration */
 	int			 events;	/* UV_READABLE, UV_WRITABLE wanted */
 	int			 flushing;	/* inside fr_ev_flush_cb() */
+	int			 want_write;	/* hiredis asked for write within
+					 * fr_ev_flush_cb() and has not
+					 * withdrawn it */
 	int			 nopen;		/* handles not yet closed */
 };
 
@@ -409,11 +412,20 @@ fr_ev_flush_cb(uv_check_t *h)
 	if (ev->ac == NULL)
 		return;
 	ev->flushing = 1;
+	ev->want_write = 0;
 	fr_batch_flush(ev->ac->data);
 	/* A failed batch may have let go of the connection. */
 	if (ev->ac != NULL)
 		redisAsyncHandleWrite(ev->ac);
 	ev->flushing = 0;
+	/*
+	 * Only what the kernel did not take waits for writability.  Every
+	 * uv_poll_start() is an epoll_ctl() at once (and one more at the
+	 * next poll), so the write event is not set and withdrawn around a
+	 * write that went through.
+	 */
+	if (ev->ac != NULL && ev->want_write)
+		fr_ev_update(ev, UV_WRITABLE, 0);
 }
 
 /* Makes sure fr_ev_flush_cb() runs in this loop iteration (the open batch
@@ -437,9 +449,10 @@ fr_ev_add_write(void *p)
 	 * waits for the end of this iteration (no epoll_ctl); still
 	 * unwritten after a flush, or while connecting, for writability.
 	 */
-	if (!ev->flushing && ev->ac != NULL &&
-	    (ev->ac->c.flags & REDIS_CONNECTED)) {
-		if (!uv_is_active((uv_handle_t *)&ev->flush))
+	if (ev->ac != NULL && (ev->ac->c.flags & REDIS_CONNECTED)) {
+		if (ev->flushing)
+			ev->want_write = 1;	/* decided on after the write */
+		else if (!uv_is_active((uv_handle_t *)&ev->flush))
 			uv_check_start(&ev->flush, fr_ev_flush_cb);
 		return;
 	}
@@ -451,6 +464,7 @@ fr_ev_del_write(void *p)
 {
 	struct fr_ev *ev = p;
 
+	ev->want_write = 0;
 	uv_check_stop(&ev->flush);
 	fr_ev_update(ev, 0, UV_WRITABLE);
 }
