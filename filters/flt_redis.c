@@ -276,6 +276,17 @@ struct fr_batch {
 	int			 flags;		/* FR_BATCH_* */
 };
 
+#define FR_NCACHE_BITS	3
+#define FR_NCACHE	(1 << FR_NCACHE_BITS)	/* numbers kept in RESP */
+
+/* A number written in RESP, kept: the same windows and increments come
+ * back check after check. */
+struct fr_num {
+	uint64_t		 v;		/* the number */
+	size_t			 len;		/* resp's length; 0: empty slot */
+	char			 resp[FR_RESP_NUM];	/* "$len\r\ndigits\r\n" */
+};
+
 struct flt_redis {
 	struct rl_store		 base;		/* first: what rl_check() sees */
 	uv_loop_t		*loop;		/* the worker's loop */
@@ -323,6 +334,8 @@ struct flt_redis {
 						 * arguments' RESP (once
 						 * loaded) */
 	char			 evalsha[64];	/* that RESP */
+	struct fr_num		 ncache[FR_NCACHE];	/* numbers in RESP, by
+						 * a hash of their value */
 };
 
 /* hiredis's event hooks on one connection's socket. */
@@ -971,6 +984,22 @@ fr_resp_num(char *p, uint64_t v)
 	return n;
 }
 
+/* fr_resp_num() through the store's cache of numbers. */
+static size_t
+fr_resp_num_cached(struct flt_redis *st, char *p, uint64_t v)
+{
+	struct fr_num *e;
+
+	e = &st->ncache[(v * UINT64_C(0x9e3779b97f4a7c15)) >>
+	    (64 - FR_NCACHE_BITS)];
+	if (e->len == 0 || e->v != v) {
+		e->v = v;
+		e->len = fr_resp_num(e->resp, v);
+	}
+	memcpy(p, e->resp, e->len);
+	return e->len;
+}
+
 /*
  * Writes batch b as one command in RESP into st->cmd: EVALSHA (or EVAL
  * with the script's text), the number of keys, the keys of every request,
@@ -1139,10 +1168,11 @@ fr_req_new(struct flt_redis *st, const struct rl_check *c, size_t n,
 	}
 	req->keyslen = off;
 	/* The numbers: n, then c * T, W and the force flag of each check. */
-	off += fr_resp_num(p + off, n);
+	off += fr_resp_num_cached(st, p + off, n);
 	for (i = 0; i < n; i++) {
-		off += fr_resp_num(p + off, c[i].cost * c[i].interval_us);
-		off += fr_resp_num(p + off, c[i].window_us);
+		off += fr_resp_num_cached(st, p + off,
+		    c[i].cost * c[i].interval_us);
+		off += fr_resp_num_cached(st, p + off, c[i].window_us);
 		memcpy(p + off, c[i].force ? "$1\r\n1\r\n" : "$1\r\n0\r\n", 7);
 		off += 7;
 	}
