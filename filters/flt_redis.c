@@ -101,7 +101,7 @@
  * with a time to live of TAT - now), whatever the number of checks on it.
  * A batch of one request of one check, the common case when the load is
  * light, takes a short path without tables or closures (the same
- * arithmetic).
+ * arithmetic), and its answer is that integer alone, not in an array.
  *
  * Lua numbers are doubles: every value here stays an integer below 2^53
  * (now is about 2^50.6 until 2041; a TAT is kept below now + 2^50, so
@@ -118,26 +118,27 @@ static const char fr_script[] =
 "local now = t[1] * 1000000 + t[2]\n"
 "local cap = now + 1125899906842624\n"
 "local na = #ARGV\n"
-"local fmt = string.format('%d', 4294967296) == '4294967296' and '%d' or '%.0f'\n"
 "if na == 4 then\n"
 "  local k = KEYS[1]\n"
 "  local o = tonumber(redis.call('GET', k)) or 0\n"
 "  if o > cap then o = cap end\n"
 "  local inc = tonumber(ARGV[2])\n"
+"  local w = tonumber(ARGV[3])\n"
 "  local nt = (o > now and o or now) + inc\n"
-"  local over = nt - now - ARGV[3]\n"
+"  local over = nt - now - w\n"
 "  if over > 0 and ARGV[4] ~= '1' then\n"
-"    return {32 * math.ceil(over / 1000) + 1}\n"
+"    return 32 * math.ceil(over / 1000) + 1\n"
 "  end\n"
 "  if nt > cap then nt = cap end\n"
 "  if nt ~= o and nt > now then\n"
+"    local fmt = string.format('%d', 4294967296) == '4294967296' and '%d' or '%.0f'\n"
 "    redis.call('SET', k, string.format(fmt, nt), 'PX',\n"
 "        string.format(fmt, math.ceil((nt - now) / 1000)))\n"
 "  end\n"
-"  if over <= 0 then return {0} end\n"
-"  local r = nt + inc - now - ARGV[3]\n"
+"  if over <= 0 then return 0 end\n"
+"  local r = nt + inc - now - w\n"
 "  if r < 0 then r = 0 end\n"
-"  return {32 * math.ceil(r / 1000) + 1}\n"
+"  return 32 * math.ceil(r / 1000) + 1\n"
 "end\n"
 "local tat, old, res = {}, {}, {}\n"
 "local get, run\n"
@@ -224,6 +225,7 @@ static const char fr_script[] =
 "    a = a + 1 + 3 * n\n"
 "  end\n"
 "end\n"
+"local fmt = string.format('%d', 4294967296) == '4294967296' and '%d' or '%.0f'\n"
 "for k, v in pairs(tat) do\n"
 "  if v ~= old[k] and v > now then\n"
 "    redis.call('SET', k, string.format(fmt, v), 'PX',\n"
@@ -899,7 +901,10 @@ fr_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 		if (fr_send(ac, b, 1) == REDIS_OK)
 			return;
 	}
+	/* An array of an element per request; or, for a lone request of
+	 * one check, that element alone. */
 	bad = reply != NULL && !st->closing &&
+	    !(reply->type == REDIS_REPLY_INTEGER && b->nreq == 1) &&
 	    (reply->type != REDIS_REPLY_ARRAY || reply->elements != b->nreq);
 	for (req = b->first, i = 0; req != NULL; req = req->bnext, i++) {
 		/* A request that timed out is not answered again. */
@@ -909,7 +914,8 @@ fr_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 			fr_answer(req, &fr_error);
 			continue;
 		}
-		if (bad || fr_parse(reply->element[i], req->n, &res) == -1) {
+		if (bad || fr_parse(reply->type == REDIS_REPLY_ARRAY ?
+		    reply->element[i] : reply, req->n, &res) == -1) {
 			if (!st->err_logged) {
 				st->err_logged = 1;
 				log_warn("ratelimit store=%s redis=%s:%d bad "
