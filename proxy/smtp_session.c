@@ -2175,6 +2175,21 @@ smtp_be_lost(struct smtp_session *s, enum smtp_reply_id id)
 	}
 }
 
+/*
+ * Nonzero when code cannot answer a command of kind k: a 3xx to anything
+ * but DATA, anything but 354 or a 4xx or 5xx to DATA (RFC 5321 4.3.2), or
+ * a 421, after which the backend closes (3.8).
+ */
+static int
+smtp_be_reply_bad(enum fly_kind k, int code)
+{
+	if (code == 421)
+		return 1;
+	if (k == F_DATA)
+		return code != 354 && code / 100 != 4 && code / 100 != 5;
+	return code / 100 == 3;
+}
+
 static int
 smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
 {
@@ -2184,10 +2199,15 @@ smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
 
 	if (s->flags & SF_CLOSING)
 		return 0;
-	if (s->fly_n == 0) {
-		/* Postfix's "421 ... timeout" before it closes, say. */
-		log_warn("session=%s backend %s unsolicited reply: %.*s",
+	if (s->fly_n == 0 || smtp_be_reply_bad(s->fly[s->fly_head], code)) {
+		/*
+		 * Postfix's "421 ... timeout" before it closes, say, or a
+		 * reply that does not fit its command: the backend is lost,
+		 * and every command in flight is answered 451 4.4.2.
+		 */
+		log_warn("session=%s backend %s %s reply: %.*s",
 		    s->idstr, be_server_name(s->be),
+		    s->fly_n == 0 ? "unsolicited" : "unexpected",
 		    (int)(len > 2 ? len - 2 : len), reply);
 		smtp_be_drop(s, 0);
 		smtp_be_lost(s, RPL_BE_LOST);
