@@ -93,6 +93,8 @@ enum tx_abort {
 				 * 220 is out */
 #define SF_TLS_BYE	0x20000	/* close_notify queued */
 #define SF_PROXY	0x40000	/* waiting for the PROXY header */
+#define SF_EOF		0x80000	/* the client half-closed: what it sent is
+				 * answered, then the session closes */
 
 #define HDR_MAX		1024	/* header bytes kept for the header stage */
 #define AUTH_LINE_MAX	12288	/* an AUTH line, CRLF included (RFC 4954 4) */
@@ -1762,7 +1764,7 @@ static int smtp_tls_pull(struct smtp_session *);
 static int
 smtp_want_input(const struct smtp_session *s)
 {
-	return !(s->flags & (SF_CLOSE_AFTER | SF_OUT_WRITING)) &&
+	return !(s->flags & (SF_CLOSE_AFTER | SF_OUT_WRITING | SF_EOF)) &&
 	    !(s->be != NULL && be_busy(s->be)) &&
 	    (s->in == NULL || s->in_end < IOBUF_SIZE ||
 	    (s->in_start > 0 && !(s->flags & SF_PINNED)));
@@ -1819,6 +1821,24 @@ smtp_update_io(struct smtp_session *s)
 static void smtp_timer_arm(struct smtp_session *);
 
 /*
+ * After the client's half-close: nonzero when no event of the session is
+ * due any more (no reply being written, nothing at the backend, no filter,
+ * password check or lookup under way), so that what is left of the input
+ * can never become a command.
+ */
+static int
+smtp_eof_done(const struct smtp_session *s)
+{
+	return !(s->flags & (SF_OUT_WRITING | SF_AWAIT | SF_EOM)) &&
+	    s->out_len == 0 && s->fly_n == 0 &&
+	    (s->be == NULL || (be_ready(s->be) && !be_busy(s->be))) &&
+	    s->flt.state != FLT_RUN_PENDING &&
+	    s->flt.state != FLT_RUN_RESUME &&
+	    s->auth_step != AUTH_CHECKING && s->auth_step != AUTH_DONE &&
+	    s->rdns == NULL;
+}
+
+/*
  * Runs every command the input holds as far as it can go, then writes what
  * that produced.  Called after every event of the session; the client's
  * timeout counts from the end of the last one.
@@ -1839,6 +1859,10 @@ smtp_process(struct smtp_session *s)
 	if (s->be != NULL)
 		be_flush(s->be);
 	smtp_flush(s);
+	if ((s->flags & (SF_EOF | SF_CLOSING)) == SF_EOF && smtp_eof_done(s)) {
+		smtp_close(s, "client disconnected");
+		return;
+	}
 	smtp_update_io(s);
 	smtp_timer_arm(s);
 }
@@ -2097,6 +2121,17 @@ smtp_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 			/* Out of memory for a buffer: stop until output moves. */
 			uv_read_stop(st);
 			s->flags &= ~SF_READING;
+			return;
+		}
+		if (nread == UV_EOF && s->tls == NULL) {
+			/*
+			 * A half-close, maybe (shutdown after QUIT, say): the
+			 * commands already read are answered first.
+			 */
+			s->flags |= SF_EOF;
+			uv_read_stop(st);
+			s->flags &= ~SF_READING;
+			smtp_process(s);
 			return;
 		}
 		smtp_close(s, nread == UV_EOF ? "client disconnected" :
