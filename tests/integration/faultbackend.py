@@ -13,6 +13,7 @@ event, what the server does instead of its usual reply:
   actions  None           the usual reply
            bytes          sent as they are (garbage, a 421, a long line...)
            CLOSE          close at once, without a reply
+           RESET          close with a TCP reset (SO_LINGER 0), no reply
            HANG           never reply; go on reading (and discarding) until
                           the peer closes or the server stops
            STALL          stop reading altogether (after the 354 when the
@@ -44,12 +45,14 @@ wait_idle().
 import re
 import select
 import socket
+import struct
 import threading
 import time
 
 CRLF = b"\r\n"
 
 CLOSE = "close"
+RESET = "reset"
 HANG = "hang"
 STALL = "stall"
 HOLD = "hold"
@@ -249,6 +252,9 @@ class FaultBackend:
         if a is None:
             self._send(s, script, default)
         elif a == CLOSE:
+            raise _Stop()
+        elif a == RESET:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             raise _Stop()
         elif a == HANG:
             self._wait_stop(s, True)

@@ -34,7 +34,7 @@ from harness import (  # noqa: E402
     dot_stuff, gateway_bin, make_message, show_log_tail, wait_until,
 )
 from faultbackend import (  # noqa: E402
-    CLOSE, HANG, HOLD, STALL, FaultBackend, Script,
+    CLOSE, HANG, HOLD, RESET, STALL, FaultBackend, Script,
 )
 
 SENDER = "sender@client.example.test"
@@ -57,7 +57,7 @@ RESULTS = []   # one row per case, printed at the end
 def _sanitized():
     try:
         with open(gateway_bin(), "rb") as f:
-            return b"AddressSanitizer" in f.read()
+            return b"__asan_init" in f.read()
     except OSError:
         return False
 
@@ -335,6 +335,49 @@ class BackendFaults(FaultCase):
             return _short(r)
         self.batch("greeting is garbage", one, 20)
 
+    def test_greeting_refuses(self):
+        # A 421 or 554 greeting: the server will not serve us.
+        greetings = [b"421 4.3.2 backend.test Service not available\r\n",
+                     b"554 5.3.2 backend.test No SMTP service here\r\n"]
+        def one():
+            for g in greetings:
+                c, r = self.fault_session(Script(greeting=(g, HANG)), "MAIL")
+                check_reply(r, 451, "4.4.1")
+                c.expect(221, line="QUIT")
+            return _short(r)
+        self.batch("greeting 421 or 554", one, 10)
+
+    def test_reset_at_rcpt(self):
+        def one():
+            self.backend.plan(Script(RCPT=RESET))
+            tok = token()
+            c = self.client()
+            c.expect(250, line="MAIL FROM:<%s>" % SENDER)
+            r = c.expect(451, "4.4.2", line="RCPT TO:<%s>" % RCPT)
+            r2 = c.expect(451, "4.4.2", line="DATA")
+            c.expect(250, line="RSET")
+            self.sent[tok] = c.transaction(SENDER, [RCPT], message(tok))
+            c.expect(221, line="QUIT")
+            return "%s; DATA %d" % (_short(r), r2.code)
+        self.batch("backend resets the connection at RCPT", one, 20)
+
+    def test_garbage_with_pipelined_commands(self):
+        # MAIL, two RCPTs and DATA in one write; the backend answers the
+        # first RCPT with garbage: every command still gets one reply, in
+        # order, and none of them a 250 it did not earn.
+        def one():
+            self.backend.plan(Script(RCPT=(b"2\x00\x01 what\r\n", HANG)))
+            c = self.client()
+            c.send("MAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nRCPT TO:<other@example.test>\r\n"
+                   "DATA\r\n" % (SENDER, RCPT))
+            rs = [c.read_reply() for _ in range(4)]
+            self.assertEqual([r.code for r in rs], [250, 451, 451, 451], [str(r) for r in rs])
+            self.assertEqual([r.enhanced for r in rs[1:]], ["4.4.2"] * 3)
+            c.expect(250, line="NOOP")
+            c.expect(221, line="QUIT")
+            return "250 451 451 451"
+        self.batch("garbage among pipelined commands", one, 20)
+
     def test_stall_mid_data(self):
         # The backend stops reading after its 354: the gateway's writes
         # stall until data_block (300ms) ends the backend connection.
@@ -343,15 +386,20 @@ class BackendFaults(FaultCase):
             tok = token()
             c = self.client()
             self.to_data(c, tok)
+            off = self.gw.log_size()
             msg = dot_stuff(message(tok, 4 << 20))
             err = []
             t = threading.Thread(target=_send_all, args=(c, msg, err), daemon=True)
             t.start()
+            self.healthy()   # meanwhile
             r = c.read_reply(15)
             t.join(15)
             self.sent[tok] = r
             check_reply(r, 451, "4.4.2")
             self.assertEqual(err, [])
+            # It failed in the data phase (data_block), not waiting for the
+            # reply to a dot that got through.
+            self.assertIn("message refused: backend lost", self.gw.log_since(off))
             self.backend.release()
             c.expect(250, line="RSET")
             c.expect(221, line="QUIT")
