@@ -445,14 +445,16 @@ class BackendFaults(FaultCase):
         self.batch("backend silent after the dot", one, 10)
 
     def test_garbage_replies(self):
+        # Each is answered 451 4.4.2 (the backend is lost), never passed on.
         cases = [
-            ("MAIL", b"hello world\r\n"),
-            ("MAIL", b"2x0 Ok\r\n"),
-            ("MAIL", b"099 Ok\r\n"),
-            ("RCPT", b"250-first\r\n251 second\r\n"),
-            ("RCPT", b"250 " + b"x" * 2100 + b"\r\n"),
-            ("DATA", b"35\r\n"),
-            ("DOT", b"hello\r\n"),
+            ("MAIL", b"hello world\r\n"),                    # no code
+            ("MAIL", b"2x0 Ok\r\n"),                         # not numeric
+            ("MAIL", b"099 Ok\r\n"),                         # no such class
+            ("RCPT", b"250-first\r\n251 second\r\n"),        # codes differ
+            ("RCPT", b"250 " + b"x" * 2100 + b"\r\n"),       # over the buffer
+            ("RCPT", (b"250-" + b"z" * 400 + b"\r\n") * 6 + b"250 Ok\r\n"),  # ditto, lines
+            ("DATA", b"35\r\n"),                             # short code
+            ("DOT", b"hello\r\n"),                           # no code at the end
         ]
         def one():
             seen = []
@@ -481,7 +483,7 @@ class BackendFaults(FaultCase):
                 c.expect(221, line="QUIT")
                 seen.append(r.code)
             return "451 4.4.2 x%d" % len(seen) if set(seen) == {451} else str(seen)
-        self.batch("garbage replies (7 kinds)", one, 5)
+        self.batch("garbage replies (8 kinds)", one, 5)
 
     def test_wrong_codes(self):
         # Well-formed replies with a code that does not fit the command.
