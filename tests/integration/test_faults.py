@@ -335,6 +335,36 @@ class BackendFaults(FaultCase):
             return _short(r)
         self.batch("greeting is garbage", one, 20)
 
+    def test_many_at_once(self):
+        # Ten sessions wait for a backend that never greets and ten for the
+        # reply to their dot, all at once; a healthy one passes meanwhile.
+        def one():
+            waiting = []
+            for _ in range(10):
+                self.backend.plan(Script(greeting=HANG))
+                n = self.backend.connections
+                c = self.client()
+                c.sendline("MAIL FROM:<%s>" % SENDER)
+                self.backend.wait_connections(n + 1)
+                waiting.append((c, None, "4.4.1"))
+            for _ in range(10):
+                self.backend.plan(Script(DOT=HANG))
+                tok = token()
+                c = self.client()
+                self.to_data(c, tok)
+                c.send(dot_stuff(message(tok)))
+                waiting.append((c, tok, "4.4.2"))
+            self.healthy()
+            for c, tok, enhanced in waiting:
+                r = c.read_reply()
+                if tok is not None:
+                    self.sent[tok] = r
+                check_reply(r, 451, enhanced)
+                c.expect(221, line="QUIT")
+                c.close()
+            return "451 x20"
+        self.batch("20 faulty sessions at once", one, 3)
+
     def test_greeting_refuses(self):
         # A 421 or 554 greeting: the server will not serve us.
         greetings = [b"421 4.3.2 backend.test Service not available\r\n",
