@@ -9,7 +9,8 @@
 FROM debian:bookworm-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends \
         build-essential cmake pkg-config libuv1-dev libssl-dev \
-        libpcre2-dev libhiredis-dev libyaml-dev libcrypt-dev python3 \
+        libpcre2-dev libhiredis-dev libyaml-dev libcrypt-dev libmicrohttpd-dev \
+        python3 \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY CMakeLists.txt ./
@@ -23,10 +24,10 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 
 FROM debian:bookworm-slim
 # The libraries smtpgate links (libssl3 for TLS, libcrypt1 for AUTH's
-# password hashes).  When the metrics endpoint lands, add libmicrohttpd12.
+# password hashes, libmicrohttpd12 for the metrics endpoint).
 RUN apt-get update && apt-get install -y --no-install-recommends \
         libuv1 libyaml-0-2 libpcre2-8-0 libhiredis0.14 libssl3 libcrypt1 \
-        ca-certificates \
+        libmicrohttpd12 ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10025 smtpgate \
     && useradd --system --uid 10025 --gid smtpgate --no-create-home \
