@@ -45,7 +45,7 @@ VOLUME ["/etc/smtpgate"]
 # net.ipv4.ip_unprivileged_port_start at 0 (Docker's default since 20.10;
 # the compose file sets it too).
 USER smtpgate
-EXPOSE 25 587
+EXPOSE 25 587 9425
 # The listener on port 25 must greet with 220.  bash (always in Debian)
 # opens the TCP connection: the image has no curl or nc.  Each check is
 # one short session in the log ("session end ... reason="quit"").

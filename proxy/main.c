@@ -212,6 +212,9 @@ run(struct proxy_ctx *ctx)
 		if (ctx->metrics_http == NULL) {
 			log_error("cannot serve metrics on %s: %s",
 			    cfg->metrics_addr.text, err);
+			metrics_free(ctx->metrics);
+			free(ctx->workers);
+			config_unref(ctx->cfg);
 			return 1;
 		}
 		log_info("metrics served at http://%s/metrics",

@@ -51,10 +51,10 @@
 #define MX_HTTP_CONNS	16	/* scrapes served at once */
 #define MX_HTTP_TIMEOUT	10	/* seconds an idle HTTP connection stays */
 
-/* Latency buckets, in seconds: from a loopback reply to a slow queue. */
+/* Latency buckets, in seconds: from a loopback connect to a slow queue. */
 static const double mx_bounds[] = {
-	0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
-	2.5, 5, 10, 30, 60
+	0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+	0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 };
 #define MX_NBOUNDS	(sizeof(mx_bounds) / sizeof(mx_bounds[0]))
 
