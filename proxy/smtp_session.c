@@ -153,9 +153,9 @@ struct smtp_tx {
 						 * line (or none was scanned) */
 	struct smtp_hdr		hdr;		/* header stage */
 	uint64_t		started;	/* uv_now() at MAIL */
-	int			status;		/* the reply code its data got
-						 * (0: none yet), for the
-						 * metrics */
+	int			status;		/* its final reply code: to its
+						 * data, or a refused MAIL (0:
+						 * none yet), for the metrics */
 	int			has_sender;	/* sender holds from, parsed */
 	struct smtp_path	sender;		/* from, parsed once at MAIL for
 						 * the filters of the later
@@ -2220,12 +2220,12 @@ smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
 		return 0;
 	}
 	k = s->fly[s->fly_head];
-	metrics_be_reply(smtp_fly_cmd[k], s->fly_t[s->fly_head]);
 	if (k != F_RSET_QUIET && !smtp_out_room(s, len)) {
 		smtp_flush(s);
 		if (!smtp_out_room(s, len))
 			return -1;
 	}
+	metrics_be_reply(smtp_fly_cmd[k], s->fly_t[s->fly_head]);
 	smtp_fly_pop(s, &gen);
 	switch (k) {
 	case F_MAIL:
