@@ -121,6 +121,11 @@ class MetricsCase(GatewayTestCase):
     OVERRIDES = {"workers": 2, "metrics": {"address": "127.0.0.1:0"}}
     POLICY = POLICY
 
+    def setUp(self):
+        super().setUp()
+        # The sessions of the tests before are gone (their clients closed).
+        self.wait_current(0)
+
     def scrape(self):
         s = Scrape(self.gw)
         self.assertEqual(s.status, 200, s.text)
@@ -185,6 +190,8 @@ class MetricsCase(GatewayTestCase):
         self.assertEqual(d("smtpgate_transactions_total", outcome="accepted"), 0)
         # One connection open: this client's.
         self.assertEqual(after("smtpgate_connections_current", **self.listener()), 1)
+        c.close()
+        self.wait_current(0)
 
     def test_backend_refusals(self):
         before = self.scrape()
