@@ -196,10 +196,10 @@ gate_dir() {
 	ln -s "$policy" "$dir/policy"
 	"$deploy/smtpgate/gen-cert.sh" "$dir/tls" gate.example.test >/dev/null
 	(umask 077
-	 cat "$deploy/smtpgate/users"
-	 [ -n "$password" ] &&
+	 { cat "$deploy/smtpgate/users"
+	   [ -z "$password" ] ||
 		printf 'local:%s\n' "$(openssl passwd -6 "$password")"
-	 true) >"$dir/users"
+	 } >"$dir/users")
 }
 
 # proc_cpu_ticks PID: utime + stime of PID in clock ticks ("" when gone).
