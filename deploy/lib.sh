@@ -59,13 +59,19 @@ wait_port() {
 # stop_wait PID [SECONDS]: SIGTERM to PID (a child of this shell), then
 # waits for it, SIGKILL after SECONDS [30].  Returns PID's exit status.
 stop_wait() {
-	local pid=$1 t=${2:-30} wd rc=0
+	local pid=$1 t=${2:-30} i=0 st rc=0
 	kill -TERM "$pid" 2>/dev/null || true
-	( sleep "$t"; kill -KILL "$pid" 2>/dev/null ) &
-	wd=$!
+	# Exited: gone, or a zombie until the wait below.
+	while st=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null) &&
+		[ "${st%% *}" != Z ]; do
+		i=$((i + 1))
+		if [ $i -gt $((t * 20)) ]; then
+			kill -KILL "$pid" 2>/dev/null || true
+			break
+		fi
+		sleep 0.05
+	done
 	wait "$pid" 2>/dev/null || rc=$?
-	kill "$wd" 2>/dev/null || true
-	wait "$wd" 2>/dev/null || true
 	return "$rc"
 }
 
