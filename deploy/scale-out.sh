@@ -42,6 +42,10 @@
 #                       count health checks with them
 #   POLICY_DIR          the gateways' policy directory (policy.yaml in it)
 #                       [deploy/policy]
+#   REDIS_TIMEOUT       the gateways' redis.timeout [smtpgate.yaml's, 50ms];
+#                       slower answers let mail through uncounted
+#                       (on_error: allow), so a test that counts exactly on
+#                       a busy machine wants more
 #   SCALEOUT_PASSWORD   password of the AUTH account "local" (default: random)
 #   SMTPGATE_KEEP_TMP=1 keep the work directory (configs, logs, Maildirs)
 set -eu
@@ -256,6 +260,9 @@ gate_config() {
 	gate_conf_replace "0.0.0.0:587 " "127.0.0.1:$2 " || return 1
 	gate_conf_replace "172.30.25.25:25]" "127.0.0.1:$postfix_port]" || return 1
 	gate_conf_replace "172.30.25.63:6379 " "127.0.0.1:$redis_port " || return 1
+	if [ -n "${REDIS_TIMEOUT:-}" ]; then
+		gate_conf_replace "  timeout: 50ms" "  timeout: $REDIS_TIMEOUT" || return 1
+	fi
 	# Both listeners: PROXY from haproxy only.  First, the check listener.
 	conf=$(awk -v src="$src" -v chk="$3" '
 		/^listen:/ {
