@@ -56,11 +56,12 @@ wait_port() {
 	done
 }
 
-# stop_wait PID [SECONDS]: SIGTERM to PID (a child of this shell), then
-# waits for it, SIGKILL after SECONDS [30].  Returns PID's exit status.
+# stop_wait PID [SECONDS [SIGNAL]]: SIGNAL [TERM] to PID (a child of this
+# shell; SIGNAL "none": no signal, it was sent before), then waits for it,
+# SIGKILL after SECONDS [30].  Returns PID's exit status.
 stop_wait() {
-	local pid=$1 t=${2:-30} i=0 st rc=0
-	kill -TERM "$pid" 2>/dev/null || true
+	local pid=$1 t=${2:-30} sig=${3:-TERM} i=0 st rc=0
+	[ "$sig" = none ] || kill -"$sig" "$pid" 2>/dev/null || true
 	# Exited: gone, or a zombie until the wait below.
 	while st=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null) &&
 		[ "${st%% *}" != Z ]; do

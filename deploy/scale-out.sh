@@ -186,24 +186,32 @@ chmod 0755 "$work"
 redis_pid="" haproxy_pid="" tail_pid="" postfix_started=0 status=0
 gate_pids=()
 
-# Stops what was started, newest first: haproxy (no new connections), the
-# gateways (they drain on SIGTERM), Postfix, Redis.  A gateway that exits
-# with an error (a sanitizer report, say) makes the script fail.
+# Stops what was started, newest first: haproxy stops accepting (SIGUSR1:
+# its sessions go on), the gateways drain (SIGTERM: idle sessions get 421,
+# transactions in flight finish), haproxy exits with its last session,
+# then Postfix and Redis.  A gateway that exits with an error (a sanitizer
+# report, say) makes the script fail.
 cleanup() {
 	local i rc
 	trap - EXIT INT TERM
 	if [ -n "$haproxy_pid" ]; then
-		stop_wait "$haproxy_pid" 30 || true
+		kill -USR1 "$haproxy_pid" 2>/dev/null || true
 	fi
 	for i in "${!gate_pids[@]}"; do
+		kill -TERM "${gate_pids[$i]}" 2>/dev/null || true
+	done
+	for i in "${!gate_pids[@]}"; do
 		rc=0
-		stop_wait "${gate_pids[$i]}" 60 || rc=$?
+		stop_wait "${gate_pids[$i]}" 60 none || rc=$?
 		if [ "$rc" -ne 0 ]; then
 			echo "scale-out.sh: gate$((i + 1)) exited with status $rc; its log:" >&2
 			tail -n 50 "$work/gate$((i + 1)).log" >&2 || true
 			status=1
 		fi
 	done
+	if [ -n "$haproxy_pid" ]; then
+		stop_wait "$haproxy_pid" 10 none || true
+	fi
 	if [ "$postfix_started" -eq 1 ]; then
 		postfix_stop "$work/postfix"
 	fi
