@@ -131,9 +131,17 @@ stop)
 		[ $i -gt 1800 ] && { echo "scale-out.sh: pid $pid does not stop" >&2; exit 1; }
 		sleep 0.05
 	done
-	tail -n 1 "$out"
+	# The run's own complaints while stopping (a gateway that exited with
+	# an error), then its last word.
+	rc=0
+	if grep -q '^scale-out.sh: .* exited' "$out"; then
+		grep -A 50 '^scale-out.sh: .* exited' "$out" >&2
+		rc=1
+	else
+		tail -n 1 "$out"
+	fi
 	rm -f "$state" "$out"
-	exit 0
+	exit "$rc"
 	;;
 status)
 	if ! r=$(running_pid); then
