@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # deploy/lib.sh: shell helpers of run-local.sh, scale-out.sh and
 # loadtest.sh (bash; source it).  They run the files of the compose
 # deployment natively on 127.0.0.1: a redis-server, a private Postfix with
@@ -6,6 +7,7 @@
 # with a message on stderr and leaves the decision to its caller.
 #
 # Needs: deploy, the deploy/ directory.
+: "${deploy:?deploy/lib.sh needs \$deploy, the deploy/ directory}"
 
 # free_ports N: prints N distinct ports of 127.0.0.1 free right now (bound
 # together, so distinct).

@@ -255,8 +255,9 @@ postfix_port=${POSTFIX_PORT:-${free[2]}}
 redis_port=${REDIS_PORT:-${free[3]}}
 read -r -a g1 <<<"${GATE1_PORTS:-${free[4]} ${free[5]} ${free[6]}}"
 read -r -a g2 <<<"${GATE2_PORTS:-${free[7]} ${free[8]} ${free[9]}}"
-[ "${#g1[@]}" -eq 3 ] && [ "${#g2[@]}" -eq 3 ] ||
+if [ "${#g1[@]}" -ne 3 ] || [ "${#g2[@]}" -ne 3 ]; then
 	fail "GATE1_PORTS and GATE2_PORTS take three ports: SMTP SUBMISSION CHECK"
+fi
 
 # --- Redis, Postfix ----------------------------------------------------
 redis_start "$work/redis" "$redis_port" || fail "Redis did not start"
