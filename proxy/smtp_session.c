@@ -26,6 +26,7 @@
 #include "filter.h"
 #include "gate.h"
 #include "log.h"
+#include "metrics.h"
 #include "policy.h"
 #include "proxy_proto.h"
 #include "ratelimit.h"
@@ -63,6 +64,13 @@ enum fly_kind {
 	F_EXPN		/* relay */
 };
 
+/* The command= label of each kind's reply latency. */
+static const enum metrics_cmd smtp_fly_cmd[] = {
+	[F_MAIL] = MX_CMD_MAIL, [F_RCPT] = MX_CMD_RCPT, [F_DATA] = MX_CMD_DATA,
+	[F_DOT] = MX_CMD_DOT, [F_RSET] = MX_CMD_OTHER,
+	[F_RSET_QUIET] = MX_CMD_OTHER, [F_EXPN] = MX_CMD_OTHER,
+};
+
 enum tx_abort {
 	TX_OK,		/* nothing wrong so far */
 	TX_OVERSIZE,	/* grew past max_message_size: 552 */
@@ -93,6 +101,8 @@ enum tx_abort {
 				 * 220 is out */
 #define SF_TLS_BYE	0x20000	/* close_notify queued */
 #define SF_PROXY	0x40000	/* waiting for the PROXY header */
+#define SF_EOF		0x80000	/* the client half-closed: what it sent is
+				 * answered, then the session closes */
 
 #define HDR_MAX		1024	/* header bytes kept for the header stage */
 #define AUTH_LINE_MAX	12288	/* an AUTH line, CRLF included (RFC 4954 4) */
@@ -145,6 +155,9 @@ struct smtp_tx {
 						 * line (or none was scanned) */
 	struct smtp_hdr		hdr;		/* header stage */
 	uint64_t		started;	/* uv_now() at MAIL */
+	int			status;		/* its final reply code: to its
+						 * data, or a refused MAIL (0:
+						 * none yet), for the metrics */
 	int			has_sender;	/* sender holds from, parsed */
 	struct smtp_path	sender;		/* from, parsed once at MAIL for
 						 * the filters of the later
@@ -171,6 +184,7 @@ struct smtp_session {
 	const struct cfg_listen	*lsn;		/* the listener's settings, in cfg
 						 * (a plain one when a reload
 						 * moved the listeners) */
+	unsigned		 lsn_idx;	/* the listener's index */
 	struct tlsio		*tls;		/* TLS, or NULL while plaintext */
 	char			*tls_wbuf;	/* ciphertext of the pending client
 						 * write (malloc'd), or NULL */
@@ -201,6 +215,8 @@ struct smtp_session {
 	size_t			 in_start;	/* first unconsumed byte */
 	size_t			 in_end;	/* end of input read */
 	uint8_t			 fly[FLY_MAX];	/* enum fly_kind, a ring */
+	uint64_t		 fly_t[FLY_MAX];	/* uv_hrtime() when each
+						 * was sent */
 	uint32_t		 fly_gen[FLY_MAX];	/* tx_gen when each was
 						 * sent: a reply concerns the
 						 * current transaction only if
@@ -260,6 +276,7 @@ smtp_out(struct smtp_session *s, const char *buf, size_t len)
 		fatalx("%s: no room for %zu bytes", __func__, len);
 	memcpy(s->out + s->out_len, buf, len);
 	s->out_len += len;
+	metrics_reply(buf[0] - '0');
 	log_debug("session=%s > %.*s", s->idstr,
 	    (int)(len > 2 ? len - 2 : len), buf);
 }
@@ -324,6 +341,7 @@ smtp_fly_push(struct smtp_session *s, enum fly_kind k)
 		fatalx("%s: ring full", __func__);
 	s->fly[i] = (uint8_t)k;
 	s->fly_gen[i] = s->tx_gen;
+	s->fly_t[i] = uv_hrtime();
 	if (s->fly_n++ == 0 && s->be != NULL)
 		be_expect_reply(s->be, smtp_fly_timeout(s));
 }
@@ -381,6 +399,7 @@ smtp_tx_log(struct smtp_session *s, int status, const char *reply, size_t len)
 	    (double)(uv_now(&s->w->loop) - s->tx.started) / 1000.0);
 	s->ntx++;
 	atomic_fetch_add(&s->w->ctx->ntx, 1);
+	s->tx.status = status;
 }
 
 /* Returns p moved from the n octets at old to the same place at new; a
@@ -430,6 +449,8 @@ smtp_tx_sender(struct smtp_session *s)
 static void
 smtp_tx_clear(struct smtp_session *s)
 {
+	if (s->tx.started != 0)
+		metrics_tx_end(s->tx.status);
 	s->tx_gen++;
 	free(s->tx.hdr.buf);
 	memset(&s->tx, 0, offsetof(struct smtp_tx, from));
@@ -1413,6 +1434,7 @@ smtp_data_abort(struct smtp_session *s)
 		refuse = s->flt.res.verdict == FLT_REFUSE;
 		s->out_len += (size_t)snprintf(s->out + s->out_len,
 		    OUT_SIZE - s->out_len, "%03d %s\r\n", code, s->flt.res.reply);
+		metrics_reply(code / 100);
 		flt_run_reset(&s->flt);
 	} else {
 		enum smtp_reply_id id = s->tx.abort == TX_BACKEND ?
@@ -1535,6 +1557,7 @@ smtp_data_step(struct smtp_session *s)
 		fwd -= 3;	/* ".\r\n" waits for the end-of-data stage */
 	if (s->tx.abort == TX_OK && !s->tx.hdr.body)
 		smtp_hdr_feed(s, p, done ? n - 3 : n);
+	metrics_data_bytes(was_ok && s->be != NULL ? fwd : 0);
 	if (was_ok && fwd > 0 && s->be != NULL &&
 	    be_write_data(s->be, p, fwd) != 0) {
 		/* A backend that takes no data for this long has failed. */
@@ -1762,7 +1785,7 @@ static int smtp_tls_pull(struct smtp_session *);
 static int
 smtp_want_input(const struct smtp_session *s)
 {
-	return !(s->flags & (SF_CLOSE_AFTER | SF_OUT_WRITING)) &&
+	return !(s->flags & (SF_CLOSE_AFTER | SF_OUT_WRITING | SF_EOF)) &&
 	    !(s->be != NULL && be_busy(s->be)) &&
 	    (s->in == NULL || s->in_end < IOBUF_SIZE ||
 	    (s->in_start > 0 && !(s->flags & SF_PINNED)));
@@ -1819,6 +1842,24 @@ smtp_update_io(struct smtp_session *s)
 static void smtp_timer_arm(struct smtp_session *);
 
 /*
+ * After the client's half-close: nonzero when no event of the session is
+ * due any more (no reply being written, nothing at the backend, no filter,
+ * password check or lookup under way), so that what is left of the input
+ * can never become a command.
+ */
+static int
+smtp_eof_done(const struct smtp_session *s)
+{
+	return !(s->flags & (SF_OUT_WRITING | SF_AWAIT | SF_EOM)) &&
+	    s->out_len == 0 && s->fly_n == 0 &&
+	    (s->be == NULL || (be_ready(s->be) && !be_busy(s->be))) &&
+	    s->flt.state != FLT_RUN_PENDING &&
+	    s->flt.state != FLT_RUN_RESUME &&
+	    s->auth_step != AUTH_CHECKING && s->auth_step != AUTH_DONE &&
+	    s->rdns == NULL;
+}
+
+/*
  * Runs every command the input holds as far as it can go, then writes what
  * that produced.  Called after every event of the session; the client's
  * timeout counts from the end of the last one.
@@ -1839,6 +1880,10 @@ smtp_process(struct smtp_session *s)
 	if (s->be != NULL)
 		be_flush(s->be);
 	smtp_flush(s);
+	if ((s->flags & (SF_EOF | SF_CLOSING)) == SF_EOF && smtp_eof_done(s)) {
+		smtp_close(s, "client disconnected");
+		return;
+	}
 	smtp_update_io(s);
 	smtp_timer_arm(s);
 }
@@ -2099,6 +2144,17 @@ smtp_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 			s->flags &= ~SF_READING;
 			return;
 		}
+		if (nread == UV_EOF && s->tls == NULL) {
+			/*
+			 * A half-close, maybe (shutdown after QUIT, say): the
+			 * commands already read are answered first.
+			 */
+			s->flags |= SF_EOF;
+			uv_read_stop(st);
+			s->flags &= ~SF_READING;
+			smtp_process(s);
+			return;
+		}
 		smtp_close(s, nread == UV_EOF ? "client disconnected" :
 		    uv_strerror((int)nread));
 		return;
@@ -2175,6 +2231,21 @@ smtp_be_lost(struct smtp_session *s, enum smtp_reply_id id)
 	}
 }
 
+/*
+ * Nonzero when code cannot answer a command of kind k: a 3xx to anything
+ * but DATA, anything but 354 or a 4xx or 5xx to DATA (RFC 5321 4.3.2), or
+ * a 421, after which the backend closes (3.8).
+ */
+static int
+smtp_be_reply_bad(enum fly_kind k, int code)
+{
+	if (code == 421)
+		return 1;
+	if (k == F_DATA)
+		return code != 354 && code / 100 != 4 && code / 100 != 5;
+	return code / 100 == 3;
+}
+
 static int
 smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
 {
@@ -2184,10 +2255,15 @@ smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
 
 	if (s->flags & SF_CLOSING)
 		return 0;
-	if (s->fly_n == 0) {
-		/* Postfix's "421 ... timeout" before it closes, say. */
-		log_warn("session=%s backend %s unsolicited reply: %.*s",
+	if (s->fly_n == 0 || smtp_be_reply_bad(s->fly[s->fly_head], code)) {
+		/*
+		 * Postfix's "421 ... timeout" before it closes, say, or a
+		 * reply that does not fit its command: the backend is lost,
+		 * and every command in flight is answered 451 4.4.2.
+		 */
+		log_warn("session=%s backend %s %s reply: %.*s",
 		    s->idstr, be_server_name(s->be),
+		    s->fly_n == 0 ? "unsolicited" : "unexpected",
 		    (int)(len > 2 ? len - 2 : len), reply);
 		smtp_be_drop(s, 0);
 		smtp_be_lost(s, RPL_BE_LOST);
@@ -2204,11 +2280,14 @@ smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
 		if (!smtp_out_room(s, len))
 			return -1;
 	}
+	metrics_be_reply(smtp_fly_cmd[k], s->fly_t[s->fly_head]);
 	smtp_fly_pop(s, &gen);
 	switch (k) {
 	case F_MAIL:
-		if (code / 100 != 2 && s->state == S_MAIL && gen == s->tx_gen)
+		if (code / 100 != 2 && s->state == S_MAIL && gen == s->tx_gen) {
+			s->tx.status = code;	/* refused: it ends here */
 			smtp_tx_clear(s);
+		}
 		break;
 	case F_RCPT:
 		if (gen != s->tx_gen)
@@ -2370,6 +2449,8 @@ smtp_free(struct smtp_session *s)
 		s->next->prev = s->prev;
 	if (s->in != NULL)
 		worker_buf_put(w, s->in);
+	if (s->tx.started != 0)		/* the client left mid-transaction */
+		metrics_tx_end(s->tx.status);
 	free(s->tx.hdr.buf);
 	free(s->tls_wbuf);
 	tlsio_free(s->tls);
@@ -2378,6 +2459,7 @@ smtp_free(struct smtp_session *s)
 		    (const struct sockaddr *)&s->ss);
 	config_unref(s->cfg);
 	atomic_fetch_sub(&w->ctx->nconns, 1);
+	metrics_conn_close(s->lsn_idx);
 	free(s);
 	worker_session_gone(w);
 }
@@ -2604,8 +2686,8 @@ smtp_session_accept(struct worker *w, uv_stream_t *listener)
 	s->nopen = 2;
 	s->w = w;
 	s->cfg = config_ref(w->cfg);
-	s->lsn = smtp_listener(w, s->cfg,
-	    (size_t)((uv_tcp_t *)listener - w->listeners));
+	s->lsn_idx = (unsigned)((uv_tcp_t *)listener - w->listeners);
+	s->lsn = smtp_listener(w, s->cfg, s->lsn_idx);
 	s->fly_fail = -1;
 	s->flt.owner = s;
 	s->flt.resumed = smtp_flt_resumed_cb;
@@ -2620,6 +2702,7 @@ smtp_session_accept(struct worker *w, uv_stream_t *listener)
 	w->sessions = s;
 	w->nsessions++;
 	n = atomic_fetch_add(&w->ctx->nconns, 1) + 1;
+	metrics_conn_open(s->lsn_idx);
 	if (uv_accept(listener, (uv_stream_t *)&s->tcp) < 0 ||
 	    smtp_peer(s) < 0) {
 		smtp_close(s, "accept failed");

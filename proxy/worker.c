@@ -7,6 +7,7 @@
 
 #include "gate.h"
 #include "log.h"
+#include "metrics.h"
 #include "policy.h"
 #include "ratelimit.h"
 #include "smtp_session.h"
@@ -171,6 +172,7 @@ worker_main(void *arg)
 	unsigned	 i;
 	int		 r;
 
+	metrics_bind(w->ctx->metrics, w->idx);
 	worker_rl_open(w);
 	for (i = 0; i < w->nlisteners; i++) {
 		uv_tcp_init(&w->loop, &w->listeners[i]);
