@@ -84,6 +84,18 @@ yu_errcmp(const void *a, const void *b)
 	return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
+/*
+ * Writes s to f with control characters (and DEL) as '?': a file name or
+ * a YAML value may hold any of them ("\n" in a double-quoted key), and an
+ * error must stay on its one line and not drive the reader's terminal.
+ */
+static void
+yu_putclean(FILE *f, const char *s)
+{
+	for (; *s != '\0'; s++)
+		putc((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s, f);
+}
+
 char *
 yu_errtext(struct yu_errs *errs)
 {
@@ -97,11 +109,12 @@ yu_errtext(struct yu_errs *errs)
 		yu_oom();
 	for (i = 0; i < errs->n; i++) {
 		e = &errs->v[i];
+		yu_putclean(f, e->file);
 		if (e->line)
-			fprintf(f, "%s:%zu:%zu: %s\n", e->file, e->line,
-			    e->col, e->msg);
-		else
-			fprintf(f, "%s: %s\n", e->file, e->msg);
+			fprintf(f, ":%zu:%zu", e->line, e->col);
+		fputs(": ", f);
+		yu_putclean(f, e->msg);
+		putc('\n', f);
 		free(e->msg);
 	}
 	if (fclose(f) != 0 || text == NULL)

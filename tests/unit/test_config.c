@@ -266,6 +266,9 @@ static const struct err_case {
 	    "max_connections, max_errors, max_connections_per_client, "
 	    "max_failures_per_client, failure_window)\n",
 	    "7:1: colour: unknown setting (known here: hostname, workers," } },
+	{ "control characters in a key", BASE
+	  "\"a\\nb\\e[31m\": 1\n",
+	  { "5:1: a?b?[31m: unknown setting (known here: hostname," } },
 	{ "list where a map is expected", BASE
 	  "limits: [1, 2]\n"
 	  "smtp:\n"
@@ -607,6 +610,13 @@ test_files(void)
 	free(errs);
 	CHECK(config_load(tmpdir, &errs) == NULL);
 	CHECK(errs != NULL && strstr(errs, ": cannot read: ") != NULL);
+	free(errs);
+	/* Control characters in the name: one line, shown as '?'. */
+	snprintf(want, sizeof(want), "%s/no?such?[1m.yaml: cannot open: No "
+	    "such file or directory\n", tmpdir);
+	snprintf(cfgfile, sizeof(cfgfile), "%s/no\nsuch\033[1m.yaml", tmpdir);
+	CHECK(config_load(cfgfile, &errs) == NULL);
+	CHECKF(errs != NULL && strcmp(errs, want) == 0, "%s", errs);
 	free(errs);
 	config_unref(NULL);
 }
