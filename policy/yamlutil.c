@@ -3,12 +3,16 @@
  * collection, node descriptions, reading and parsing a file, map keys.
  */
 
+#include <sys/stat.h>
+
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include <yaml.h>
 
@@ -181,12 +185,33 @@ yu_scalar(struct yu_errs *errs, const yaml_node_t *v, const char *path,
 char *
 yu_read(const char *path, size_t max, size_t *len, char *why, size_t whysize)
 {
-	FILE	*f;
-	char	*buf;
-	size_t	 n;
+	struct stat	 st;
+	FILE		*f;
+	char		*buf;
+	size_t		 n;
+	int		 fd;
 
-	if ((f = fopen(path, "r")) == NULL) {
+	/*
+	 * O_NONBLOCK and the S_ISREG check: a FIFO or a terminal named as
+	 * a policy file or include would block the (re)load forever.
+	 */
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) == -1) {
 		snprintf(why, whysize, "cannot open: %s", strerror(errno));
+		return NULL;
+	}
+	if (fstat(fd, &st) == -1) {
+		snprintf(why, whysize, "cannot stat: %s", strerror(errno));
+		close(fd);
+		return NULL;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		snprintf(why, whysize, "not a regular file");
+		close(fd);
+		return NULL;
+	}
+	if ((f = fdopen(fd, "r")) == NULL) {
+		snprintf(why, whysize, "cannot open: %s", strerror(errno));
+		close(fd);
 		return NULL;
 	}
 	if ((buf = malloc(max + 1)) == NULL)

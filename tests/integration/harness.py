@@ -34,6 +34,7 @@ import hashlib
 import itertools
 import os
 import pwd
+import random
 import re
 import select
 import shutil
@@ -64,8 +65,25 @@ def gateway_bin():
     return os.path.abspath(path)
 
 
+# Listening ports come from below the kernel's ephemeral range
+# (net.ipv4.ip_local_port_range, 32768-60999 by default): a port the kernel
+# handed out for bind(0) and we released can be taken by any outgoing
+# connection before our server binds it, and the tests make thousands.
+PORT_LOW, PORT_HIGH = 15000, 32767
+
+
 def free_port(host="127.0.0.1"):
-    """A TCP port that is free right now (bind port 0, read it, close)."""
+    """A TCP port that is free right now: a random one below the ephemeral
+    range that binds (without SO_REUSEADDR, so not one in TIME_WAIT)."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(PORT_LOW, PORT_HIGH)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]

@@ -609,8 +609,16 @@ test_files(void)
 	CHECKF(errs != NULL && strcmp(errs, want) == 0, "%s", errs);
 	free(errs);
 	CHECK(config_load(tmpdir, &errs) == NULL);
-	CHECK(errs != NULL && strstr(errs, ": cannot read: ") != NULL);
+	CHECK(errs != NULL && strstr(errs, ": not a regular file") != NULL);
 	free(errs);
+	/* A FIFO with no writer: refused at once, not waited on. */
+	snprintf(cfgfile, sizeof(cfgfile), "%s/fifo.yaml", tmpdir);
+	CHECK(mkfifo(cfgfile, 0600) == 0);
+	CHECK(config_load(cfgfile, &errs) == NULL);
+	CHECKF(errs != NULL && strstr(errs, "fifo.yaml: not a regular file\n")
+	    != NULL, "%s", errs);
+	free(errs);
+	unlink(cfgfile);
 	/* Control characters in the name: one line, shown as '?'. */
 	snprintf(want, sizeof(want), "%s/no?such?[1m.yaml: cannot open: No "
 	    "such file or directory\n", tmpdir);

@@ -796,7 +796,7 @@ static const struct include_case {
 	{ "nowhere.yaml",
 	  { DATA "nowhere.yaml: cannot open: No such file or directory\n" } },
 	{ "include",
-	  { DATA "include: cannot read: Is a directory\n" } },
+	  { DATA "include: not a regular file\n" } },
 };
 
 /* The include fixtures: merge order, and each include error. */
@@ -847,6 +847,25 @@ test_control_names(void)
 	CHECKF(pol == NULL && errs != NULL && strcmp(errs, want) == 0, "%s",
 	    errs);
 	free(errs);
+}
+
+/* A FIFO named as an include is refused, not waited on for ever. */
+static void
+test_fifo_include(void)
+{
+	struct policy	*pol;
+	char		*errs = NULL, want[3 * PATH_MAX], text[64];
+
+	CHECK(mkfifo(tmp("pipe.yaml"), 0600) == 0);
+	snprintf(text, sizeof(text), "include: [pipe.yaml]\n");
+	write_file(polfile, text, strlen(text));
+	pol = policy_load(polfile, &errs);
+	snprintf(want, sizeof(want), "%s:1:11: include[0]: %s/pipe.yaml: not "
+	    "a regular file\n", polfile, tmpdir);
+	CHECKF(pol == NULL && errs != NULL && strcmp(errs, want) == 0, "%s",
+	    errs);
+	free(errs);
+	unlink(tmp("pipe.yaml"));
 }
 
 /*
@@ -1131,6 +1150,7 @@ main(void)
 	test_empty();
 	test_includes();
 	test_control_names();
+	test_fifo_include();
 	test_include_depth();
 	test_example();
 	test_prefixes();
