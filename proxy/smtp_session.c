@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "auth.h"
 #include "backend.h"
@@ -2589,13 +2590,14 @@ smtp_listener(const struct worker *w, const struct config *cfg, size_t idx)
 }
 
 void
-smtp_session_accept(struct worker *w, uv_stream_t *listener)
+smtp_session_accept(struct worker *w, uv_os_sock_t fd, unsigned listener)
 {
 	struct smtp_session	*s;
 	unsigned		 n;
 
 	if ((s = calloc(1, sizeof(*s))) == NULL) {
 		log_error("accept: out of memory");
+		close(fd);
 		return;
 	}
 	uv_tcp_init(&w->loop, &s->tcp);
@@ -2604,8 +2606,7 @@ smtp_session_accept(struct worker *w, uv_stream_t *listener)
 	s->nopen = 2;
 	s->w = w;
 	s->cfg = config_ref(w->cfg);
-	s->lsn = smtp_listener(w, s->cfg,
-	    (size_t)((uv_tcp_t *)listener - w->listeners));
+	s->lsn = smtp_listener(w, s->cfg, listener);
 	s->fly_fail = -1;
 	s->flt.owner = s;
 	s->flt.resumed = smtp_flt_resumed_cb;
@@ -2620,8 +2621,12 @@ smtp_session_accept(struct worker *w, uv_stream_t *listener)
 	w->sessions = s;
 	w->nsessions++;
 	n = atomic_fetch_add(&w->ctx->nconns, 1) + 1;
-	if (uv_accept(listener, (uv_stream_t *)&s->tcp) < 0 ||
-	    smtp_peer(s) < 0) {
+	if (uv_tcp_open(&s->tcp, fd) < 0) {
+		close(fd);
+		smtp_close(s, "accept failed");
+		return;
+	}
+	if (smtp_peer(s) < 0) {
 		smtp_close(s, "accept failed");
 		return;
 	}
