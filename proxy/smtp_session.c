@@ -192,6 +192,10 @@ struct smtp_session {
 	unsigned		 auth_fails;	/* failed AUTH attempts */
 	int			 auth_ok;	/* AUTH_DONE: 1 accepted, 0 refused,
 						 * -1 the check failed */
+	uint64_t		 line_since;	/* uv_now() when the input was
+						 * last used up: the command
+						 * line being read is due by
+						 * this + timeouts.command */
 	uint64_t		 deadline;	/* uv_now() by which the TLS
 						 * handshake or the PROXY header
 						 * must be done */
@@ -2002,8 +2006,20 @@ smtp_timer_arm(struct smtp_session *s)
 		/* A fixed deadline: a trickle of bytes does not extend it. */
 		now = uv_now(&s->w->loop);
 		ms = s->deadline > now ? s->deadline - now : 1;
-	} else
-		ms = s->state == S_DATA ? s->cfg->to_data : s->cfg->to_command;
+	} else if (s->state == S_DATA)
+		ms = s->cfg->to_data;
+	else {
+		/*
+		 * A command line must be complete within timeouts.command of
+		 * the time the input was last used up: a trickle of bytes
+		 * that never ends the line does not extend it.
+		 */
+		now = uv_now(&s->w->loop);
+		if (s->in == NULL || s->in_start == s->in_end)
+			s->line_since = now;
+		ms = s->line_since + s->cfg->to_command > now ?
+		    s->line_since + s->cfg->to_command - now : 1;
+	}
 	uv_timer_start(&s->timer, smtp_timeout_cb, ms, 0);
 }
 
@@ -2128,6 +2144,8 @@ smtp_timeout_cb(uv_timer_t *t)
 	 */
 	if (!(s->flags & SF_OUT_WRITING) && (s->fly_n > 0 ||
 	    (s->flags & SF_AWAIT) || (s->be != NULL && !be_ready(s->be)))) {
+		/* Time spent waiting for the backend is not the client's. */
+		s->line_since = uv_now(&s->w->loop);
 		smtp_timer_arm(s);
 		return;
 	}

@@ -616,7 +616,8 @@ class Gateway:
     to the config, which names it ("policy: policy.yaml", relative to the
     config file)."""
 
-    def __init__(self, backends=(), overrides=None, name="gw", policy=None):
+    def __init__(self, backends=(), overrides=None, name="gw", policy=None, nofile=None):
+        self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) of the process, or None
         self.dir = tempfile.mkdtemp(prefix="smtpgate-%s-" % name)
         _own(self)
         self.config_path = os.path.join(self.dir, "gateway.yaml")
@@ -688,7 +689,7 @@ class Gateway:
             self.proc = subprocess.Popen(
                 die_with_us([binary, "-c", self.config_path]), stdin=subprocess.DEVNULL,
                 stdout=self.logf, stderr=subprocess.STDOUT, start_new_session=True,
-                cwd=self.dir)
+                cwd=self.dir, preexec_fn=self._limits if self.nofile else None)
             _register(self.proc)
             try:
                 self._wait_greeting(timeout)
@@ -703,6 +704,25 @@ class Gateway:
                 self.kill()
                 raise
         raise last
+
+    def _limits(self):
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+
+    def cpu_seconds(self):
+        """User + system CPU time the process has used so far (all its
+        threads), from /proc/PID/stat."""
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_kib(self):
+        """Resident set size in KiB, from /proc/PID/status."""
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
 
     def _wait_greeting(self, timeout):
         deadline = time.monotonic() + timeout
