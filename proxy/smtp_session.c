@@ -192,10 +192,11 @@ struct smtp_session {
 	unsigned		 auth_fails;	/* failed AUTH attempts */
 	int			 auth_ok;	/* AUTH_DONE: 1 accepted, 0 refused,
 						 * -1 the check failed */
-	uint64_t		 line_since;	/* uv_now() when the input was
-						 * last used up: the command
-						 * line being read is due by
-						 * this + timeouts.command */
+	uint64_t		 line_since;	/* uv_now() when the input last
+						 * held no partial command
+						 * line: the one being read is
+						 * due by this +
+						 * timeouts.command */
 	uint64_t		 deadline;	/* uv_now() by which the TLS
 						 * handshake or the PROXY header
 						 * must be done */
@@ -2011,11 +2012,15 @@ smtp_timer_arm(struct smtp_session *s)
 	else {
 		/*
 		 * A command line must be complete within timeouts.command of
-		 * the time the input was last used up: a trickle of bytes
-		 * that never ends the line does not extend it.
+		 * the time the input last held no part of one: a trickle of
+		 * bytes that never ends the line does not extend it.  Whole
+		 * lines waiting (for the client to read its replies, say)
+		 * keep the usual timeout.
 		 */
 		now = uv_now(&s->w->loop);
-		if (s->in == NULL || s->in_start == s->in_end)
+		if (s->in == NULL || s->in_start == s->in_end ||
+		    memchr(s->in + s->in_start, '\n',
+		    s->in_end - s->in_start) != NULL)
 			s->line_since = now;
 		ms = s->line_since + s->cfg->to_command > now ?
 		    s->line_since + s->cfg->to_command - now : 1;
