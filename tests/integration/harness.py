@@ -633,6 +633,7 @@ class Gateway:
         self.ports = []    # every listener's port, in config order
         self.logf = None
         self.terminating = False  # SIGTERM sent
+        self.reported = False     # stop() raised on a sanitizer report
 
     # -- config ------------------------------------------------------------
 
@@ -788,6 +789,12 @@ class Gateway:
         if self.logf:
             self.logf.close()
             self.logf = None
+        # A sanitizer report (a leak found at exit, say) fails whoever
+        # stops the gateway, once, whether or not it checks the status.
+        report = None if self.reported else self.sanitizer_report()
+        if report:
+            self.reported = True
+            raise AssertionError("sanitizer report in the gateway log:\n" + report)
         return self.proc.returncode
 
     def kill(self):
@@ -802,10 +809,11 @@ class Gateway:
 
     def cleanup(self):
         """stop() and remove the temp dir."""
-        self.stop()
-        if os.environ.get("SMTPGATE_KEEP_TMP"):
-            return
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            self.stop()
+        finally:
+            if not os.environ.get("SMTPGATE_KEEP_TMP"):
+                shutil.rmtree(self.dir, ignore_errors=True)
 
     SANITIZER_RX = re.compile(r"ERROR: (Address|Leak|Thread)Sanitizer|runtime error: ")
 
@@ -821,7 +829,7 @@ class Gateway:
         way."""
         try:
             status = self.stop()
-            report = self.sanitizer_report()
+            report = None if self.reported else self.sanitizer_report()
             if report:
                 raise AssertionError("sanitizer report in the gateway log:\n" + report)
             if status not in (0, None):
