@@ -65,6 +65,10 @@ struct worker {
 	uv_timer_t		 accept_timer;	/* ends a pause in accepting */
 	int			 accept_paused;	/* listeners stopped: out of
 						 * file descriptors */
+	int			 fd_limit;	/* RLIMIT_NOFILE (0: none): an
+						 * accepted descriptor within
+						 * FD_SPARE of it is refused */
+	int			 fd_short;	/* the last one was refused */
 	int			 reserve_fd;	/* /dev/null, kept open to be
 						 * closed when out of file
 						 * descriptors, or -1 */

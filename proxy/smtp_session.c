@@ -197,6 +197,9 @@ struct smtp_session {
 						 * line: the one being read is
 						 * due by this +
 						 * timeouts.command */
+	uint64_t		 data_due;	/* in DATA: uv_now() by which
+						 * more data must have come, at
+						 * limits.min_data_rate */
 	uint64_t		 deadline;	/* uv_now() by which the TLS
 						 * handshake or the PROXY header
 						 * must be done */
@@ -2007,9 +2010,15 @@ smtp_timer_arm(struct smtp_session *s)
 		/* A fixed deadline: a trickle of bytes does not extend it. */
 		now = uv_now(&s->w->loop);
 		ms = s->deadline > now ? s->deadline - now : 1;
-	} else if (s->state == S_DATA)
+	} else if (s->state == S_DATA) {
 		ms = s->cfg->to_data;
-	else {
+		now = uv_now(&s->w->loop);
+		/* Not reading (the backend is behind): not the client's time. */
+		if (!smtp_want_input(s))
+			s->data_due = now + ms;
+		else if (s->cfg->min_data_rate > 0 && s->data_due < now + ms)
+			ms = s->data_due > now ? s->data_due - now : 1;
+	} else {
 		/*
 		 * A command line must be complete within timeouts.command of
 		 * the time the input last held no part of one: a trickle of
@@ -2106,6 +2115,24 @@ smtp_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 	buf->len = IOBUF_SIZE - s->in_end;
 }
 
+/*
+ * Message data came: each byte moves the DATA deadline on by 1 /
+ * limits.min_data_rate seconds, never past timeouts.data from now.  A
+ * client trickling data slower than that is cut within about
+ * timeouts.data, whatever it sent before.
+ */
+static void
+smtp_data_credit(struct smtp_session *s, size_t n)
+{
+	uint64_t now = uv_now(&s->w->loop), cap = now + s->cfg->to_data;
+
+	if (s->cfg->min_data_rate == 0)
+		return;
+	s->data_due += (uint64_t)n * 1000 / s->cfg->min_data_rate;
+	if (s->data_due > cap)
+		s->data_due = cap;
+}
+
 static void
 smtp_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
@@ -2127,6 +2154,8 @@ smtp_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 	}
 	if (nread == 0)
 		return;
+	if (s->state == S_DATA)
+		smtp_data_credit(s, (size_t)nread);
 	if (s->tls != NULL) {
 		if (tlsio_feed(s->tls, buf->base, (size_t)nread) < 0) {
 			smtp_close(s, tlsio_error(s->tls));
@@ -2151,6 +2180,7 @@ smtp_timeout_cb(uv_timer_t *t)
 	    (s->flags & SF_AWAIT) || (s->be != NULL && !be_ready(s->be)))) {
 		/* Time spent waiting for the backend is not the client's. */
 		s->line_since = uv_now(&s->w->loop);
+		s->data_due = s->line_since + s->cfg->to_data;
 		smtp_timer_arm(s);
 		return;
 	}
@@ -2251,6 +2281,7 @@ smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
 			memset(&s->tx.scan, 0, sizeof(s->tx.scan));
 			s->tx.bol = 1;
 			smtp_enter_state(s, S_DATA);
+			s->data_due = uv_now(&s->w->loop) + s->cfg->to_data;
 		}
 		break;
 	case F_DOT:

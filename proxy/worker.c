@@ -1,9 +1,11 @@
 /*
  * worker.c: a worker thread: one loop, its listeners, its sessions.
  */
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +21,8 @@
 
 #define ACCEPT_BATCH	64	/* connections accepted per wake-up, so one
 				 * busy listener does not starve the loop */
+/* Descriptors kept free out of a limit of n (backend connections, files). */
+#define FD_SPARE(n)	((n) / 16 < 64 ? (n) / 16 : 64)
 #define ACCEPT_PAUSE_MS	500	/* out of file descriptors: time before
 				 * accepting again, unless a session ends
 				 * first */
@@ -91,39 +95,77 @@ worker_accept_pause(struct worker *w)
 }
 
 /*
- * Out of file descriptors (EMFILE, ENFILE): the reserve descriptor is
- * given up to accept the connections waiting on listener idx and tell
- * each 421 4.7.0 (a plain close where TLS or a PROXY header is due), then
- * accepting pauses.  Returns how many were refused.
+ * Tells fd, just accepted on listener idx, 421 4.7.0 (a plain close where
+ * TLS or a PROXY header is due) and closes it.
  */
-static unsigned
-worker_shed(struct worker *w, unsigned idx)
+static void
+worker_refuse(struct worker *w, unsigned idx, int fd)
 {
 	const struct cfg_listen	*l = idx < w->cfg->nlisten ?
 	    &w->cfg->listen[idx] : NULL;
 	char			 msg[400];
-	size_t			 len = 0;
-	unsigned		 n = 0;
-	int			 fd;
+	size_t			 len;
 
-	if (l != NULL && l->tls != CFG_TLS_IMPLICIT && !l->proxy_protocol)
-		len = smtp_reply_format(msg, sizeof(msg), RPL_TOO_MANY_CONN,
-		    w->cfg->hostname);
+	if (l != NULL && l->tls != CFG_TLS_IMPLICIT && !l->proxy_protocol &&
+	    (len = smtp_reply_format(msg, sizeof(msg), RPL_TOO_MANY_CONN,
+	    w->cfg->hostname)) > 0)
+		/* A new socket's send buffer is empty: this never blocks. */
+		(void)send(fd, msg, len, MSG_NOSIGNAL);
+	close(fd);
+}
+
+/*
+ * accept(2) failed for want of file descriptors (EMFILE, ENFILE): the
+ * reserve descriptor is given up to accept the connections waiting on
+ * listener idx and refuse each, then accepting pauses.  Returns how many
+ * were refused.
+ */
+static unsigned
+worker_shed(struct worker *w, unsigned idx)
+{
+	unsigned	n = 0;
+	int		fd;
+
 	if (w->reserve_fd >= 0) {
 		close(w->reserve_fd);
 		w->reserve_fd = -1;
 		while (n < ACCEPT_BATCH && (fd = accept4(w->fds[idx], NULL,
 		    NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
-			/* A new socket's send buffer is empty: no blocking. */
-			if (len > 0)
-				(void)send(fd, msg, len, MSG_NOSIGNAL);
-			close(fd);
+			worker_refuse(w, idx, fd);
 			n++;
 		}
 		worker_reserve_open(w);
 	}
 	worker_accept_pause(w);
 	return n;
+}
+
+/*
+ * Nonzero when fd, just accepted, leaves too few descriptors for the
+ * sessions' backend connections and the rest: descriptors are handed out
+ * lowest first, so every one below fd is in use.  Logs when that starts
+ * and ends.
+ */
+static int
+worker_fds_short(struct worker *w, int fd)
+{
+	int short_now = w->fd_limit > 0 &&
+	    fd >= w->fd_limit - FD_SPARE(w->fd_limit);
+
+	if (short_now != w->fd_short) {
+		w->fd_short = short_now;
+		if (short_now)
+			log_warn("worker=%u out of file descriptors "
+			    "(descriptor %d, limit %d, %d kept for backend "
+			    "connections; %u sessions here): new connections "
+			    "get 421 4.7.0",
+			    w->idx, fd, w->fd_limit, FD_SPARE(w->fd_limit),
+			    w->nsessions);
+		else
+			log_info("worker=%u file descriptors available again: "
+			    "accepting", w->idx);
+	}
+	return short_now;
 }
 
 static void
@@ -144,7 +186,10 @@ worker_accept_cb(uv_poll_t *p, int status, int events)
 		fd = accept4(w->fds[idx], NULL, NULL,
 		    SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd >= 0) {
-			smtp_session_accept(w, fd, idx);
+			if (worker_fds_short(w, fd))
+				worker_refuse(w, idx, fd);
+			else
+				smtp_session_accept(w, fd, idx);
 			continue;
 		}
 		switch (e = errno) {
@@ -348,6 +393,8 @@ worker_main(void *arg)
 int
 worker_start(struct proxy_ctx *ctx, struct worker *w, unsigned idx)
 {
+	struct rlimit	rl;
+
 	w->ctx = ctx;
 	w->idx = idx;
 	w->cfg = config_ref(ctx->cfg);
@@ -364,6 +411,9 @@ worker_start(struct proxy_ctx *ctx, struct worker *w, unsigned idx)
 	w->accept_timer.data = w;
 	w->reserve_fd = -1;
 	worker_reserve_open(w);
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+	    rl.rlim_cur < INT_MAX)
+		w->fd_limit = (int)rl.rlim_cur;
 	return uv_thread_create(&w->thread, worker_main, w);
 }
 
