@@ -921,7 +921,10 @@ smtp_reply_parse(const char *buf, size_t len, size_t max, int *code)
 		if (r == -1 || (r == 1 && first != 0 && c != first))
 			return -1;
 		if (r == 0 || (lf = memchr(buf + pos, '\n', n - pos)) == NULL)
-			return len >= max ? -1 : 0;
+			return len >= max || n - pos > SMTP_REPLY_LINE_MAX ?
+			    -1 : 0;
+		if ((size_t)(lf - (buf + pos)) + 1 > SMTP_REPLY_LINE_MAX)
+			return -1;
 		first = c;
 		pos = lf - buf + 1;
 	}

@@ -188,10 +188,12 @@ size_t smtp_dscan(struct smtp_dscan *s, const char *buf, size_t len,
  * Parses one complete reply, single or multi-line, at the start of buf.
  * Lines are "ddd-text" continuations and a final "ddd text" or "ddd";
  * every line must carry the same code and end in LF (CR before it is
- * optional).  Returns the reply's length in bytes (> 0) and sets *code;
- * 0 when it is incomplete (and shorter than max); -1 when malformed or
- * longer than max bytes.
+ * optional), and none may be longer than SMTP_REPLY_LINE_MAX octets, its
+ * line end included.  Returns the reply's length in bytes (> 0) and sets
+ * *code; 0 when it is incomplete (and shorter than max); -1 when
+ * malformed, when a line is too long, or when longer than max bytes.
  */
+#define SMTP_REPLY_LINE_MAX 512	/* a reply line (RFC 5321 4.5.3.1.5) */
 long smtp_reply_parse(const char *buf, size_t len, size_t max, int *code);
 
 /* EHLO keywords the backend may advertise. */

@@ -94,6 +94,8 @@ enum tx_abort {
 				 * 220 is out */
 #define SF_TLS_BYE	0x20000	/* close_notify queued */
 #define SF_PROXY	0x40000	/* waiting for the PROXY header */
+#define SF_EOF		0x80000	/* the client half-closed: what it sent is
+				 * answered, then the session closes */
 
 #define HDR_MAX		1024	/* header bytes kept for the header stage */
 #define AUTH_LINE_MAX	12288	/* an AUTH line, CRLF included (RFC 4954 4) */
@@ -1771,7 +1773,7 @@ static int smtp_tls_pull(struct smtp_session *);
 static int
 smtp_want_input(const struct smtp_session *s)
 {
-	return !(s->flags & (SF_CLOSE_AFTER | SF_OUT_WRITING)) &&
+	return !(s->flags & (SF_CLOSE_AFTER | SF_OUT_WRITING | SF_EOF)) &&
 	    !(s->be != NULL && be_busy(s->be)) &&
 	    (s->in == NULL || s->in_end < IOBUF_SIZE ||
 	    (s->in_start > 0 && !(s->flags & SF_PINNED)));
@@ -1828,6 +1830,24 @@ smtp_update_io(struct smtp_session *s)
 static void smtp_timer_arm(struct smtp_session *);
 
 /*
+ * After the client's half-close: nonzero when no event of the session is
+ * due any more (no reply being written, nothing at the backend, no filter,
+ * password check or lookup under way), so that what is left of the input
+ * can never become a command.
+ */
+static int
+smtp_eof_done(const struct smtp_session *s)
+{
+	return !(s->flags & (SF_OUT_WRITING | SF_AWAIT | SF_EOM)) &&
+	    s->out_len == 0 && s->fly_n == 0 &&
+	    (s->be == NULL || (be_ready(s->be) && !be_busy(s->be))) &&
+	    s->flt.state != FLT_RUN_PENDING &&
+	    s->flt.state != FLT_RUN_RESUME &&
+	    s->auth_step != AUTH_CHECKING && s->auth_step != AUTH_DONE &&
+	    s->rdns == NULL;
+}
+
+/*
  * Runs every command the input holds as far as it can go, then writes what
  * that produced.  Called after every event of the session; the client's
  * timeout counts from the end of the last one.
@@ -1848,6 +1868,10 @@ smtp_process(struct smtp_session *s)
 	if (s->be != NULL)
 		be_flush(s->be);
 	smtp_flush(s);
+	if ((s->flags & (SF_EOF | SF_CLOSING)) == SF_EOF && smtp_eof_done(s)) {
+		smtp_close(s, "client disconnected");
+		return;
+	}
 	smtp_update_io(s);
 	smtp_timer_arm(s);
 }
@@ -2148,6 +2172,17 @@ smtp_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 			s->flags &= ~SF_READING;
 			return;
 		}
+		if (nread == UV_EOF && s->tls == NULL) {
+			/*
+			 * A half-close, maybe (shutdown after QUIT, say): the
+			 * commands already read are answered first.
+			 */
+			s->flags |= SF_EOF;
+			uv_read_stop(st);
+			s->flags &= ~SF_READING;
+			smtp_process(s);
+			return;
+		}
 		smtp_close(s, nread == UV_EOF ? "client disconnected" :
 		    uv_strerror((int)nread));
 		return;
@@ -2229,6 +2264,21 @@ smtp_be_lost(struct smtp_session *s, enum smtp_reply_id id)
 	}
 }
 
+/*
+ * Nonzero when code cannot answer a command of kind k: a 3xx to anything
+ * but DATA, anything but 354 or a 4xx or 5xx to DATA (RFC 5321 4.3.2), or
+ * a 421, after which the backend closes (3.8).
+ */
+static int
+smtp_be_reply_bad(enum fly_kind k, int code)
+{
+	if (code == 421)
+		return 1;
+	if (k == F_DATA)
+		return code != 354 && code / 100 != 4 && code / 100 != 5;
+	return code / 100 == 3;
+}
+
 static int
 smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
 {
@@ -2238,10 +2288,15 @@ smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
 
 	if (s->flags & SF_CLOSING)
 		return 0;
-	if (s->fly_n == 0) {
-		/* Postfix's "421 ... timeout" before it closes, say. */
-		log_warn("session=%s backend %s unsolicited reply: %.*s",
+	if (s->fly_n == 0 || smtp_be_reply_bad(s->fly[s->fly_head], code)) {
+		/*
+		 * Postfix's "421 ... timeout" before it closes, say, or a
+		 * reply that does not fit its command: the backend is lost,
+		 * and every command in flight is answered 451 4.4.2.
+		 */
+		log_warn("session=%s backend %s %s reply: %.*s",
 		    s->idstr, be_server_name(s->be),
+		    s->fly_n == 0 ? "unsolicited" : "unexpected",
 		    (int)(len > 2 ? len - 2 : len), reply);
 		smtp_be_drop(s, 0);
 		smtp_be_lost(s, RPL_BE_LOST);

@@ -875,6 +875,29 @@ test_reply(void)
 		CHECKF(each_prefix(t->in, t->len, reply_prefix, t) == 0,
 		    "reply %zu prefixes", i);
 	}
+
+	/* Lines of SMTP_REPLY_LINE_MAX octets pass; one more is an error,
+	 * also before its line end has come. */
+	{
+		static char	long_[2 * SMTP_REPLY_LINE_MAX];
+		size_t		n = SMTP_REPLY_LINE_MAX;
+
+		memset(long_, 'x', sizeof(long_));
+		memcpy(long_, "250-", 4);
+		memcpy(long_ + n - 2, "\r\n", 2);
+		memcpy(long_ + n, "250 ", 4);
+		memcpy(long_ + 2 * n - 2, "\r\n", 2);
+		CHECK(smtp_reply_parse(long_, 2 * n, 2048, &code) ==
+		    (long)(2 * n) && code == 250);
+		long_[3] = ' ';
+		CHECK(smtp_reply_parse(long_, n - 1, 2048, &code) == 0);
+		CHECK(smtp_reply_parse(long_, n, 2048, &code) == (long)n);
+		long_[n - 2] = long_[n - 1] = 'x';
+		CHECK(smtp_reply_parse(long_, n, 2048, &code) == 0);
+		CHECK(smtp_reply_parse(long_, n + 1, 2048, &code) == -1);
+		long_[n] = '\n';
+		CHECK(smtp_reply_parse(long_, n + 1, 2048, &code) == -1);
+	}
 }
 
 static const struct ehlo_test {
