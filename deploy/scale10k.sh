@@ -13,6 +13,8 @@
 #               the greeting, then say nothing (source addresses spread
 #               over 127.0.0.2-9, so one address's ephemeral ports do not
 #               run out)
+#   partial     then the same number of connections that each send the
+#               start of a command line and stop there (slow clients)
 #   mail        smtp-source, SCALE_MESSAGES messages over SCALE_SESSIONS
 #               sessions, once with no idle connection and once while the
 #               idle ones are held
@@ -223,6 +225,25 @@ done_line=$(grep '^done' "$work/idle.out")
 sleep 1
 rss_after=$(rss_kb "$GATE_PID")
 
+python3 "$helpers/idle_clients.py" --sources 8 --partial 127.0.0.1 "$GATE_PORT" "$IDLE" 300 \
+    >"$work/partial.out" 2>"$work/partial.err" &
+IDLE_PID=$!
+pids+=("$IDLE_PID")
+for _ in $(seq 3000); do
+	grep -q '^ready' "$work/partial.out" && break
+	kill -0 "$IDLE_PID" 2>/dev/null || break
+	sleep 0.1
+done
+pready=$(grep '^ready' "$work/partial.out")
+[ "$pready" = "ready greeted=$IDLE failed=0" ] ||
+	{ note "ERROR: partial-line clients: ${pready:-no ready line}"; failures=$((failures + 1)); }
+sleep 2
+rss_partial=$(rss_kb "$GATE_PID")
+stop_pid "$IDLE_PID" idle_clients 60
+pdone=$(grep '^done' "$work/partial.out")
+[ "$pdone" = "done greeted=$IDLE closed_by_server=0" ] ||
+	{ note "ERROR: partial-line clients: ${pdone:-no done line}"; failures=$((failures + 1)); }
+
 stop_pid "$GATE_PID" smtpgate 40
 [ "$stop_rc" = 0 ] || { note "ERROR: smtpgate exited with $stop_rc"; failures=$((failures + 1)); }
 stop_pid "$SINK_PID" smtp-sink 10
@@ -238,6 +259,8 @@ printf '  RSS, %s idle connections:   %s MB  %s (< %s MB)\n' "$IDLE" "$(mb "$rss
 printf '  RSS per idle connection:       %s bytes\n' "$per"
 printf '  RSS after mail with them idle: %s MB; after they closed: %s MB\n' \
     "$(mb "$rss_mail")" "$(mb "$rss_after")"
+printf '  RSS, %s clients each holding a partial command line: %s MB (%s)\n' "$IDLE" \
+    "$(mb "$rss_partial")" "$pready / $pdone"
 printf '  mail, no idle connections:     %s msgs/s, %s us CPU/msg\n' "$rate_base" "$cpu_base"
 printf '  mail, %s idle connections:  %s msgs/s, %s us CPU/msg (%s x)\n' "$IDLE" \
     "$rate_idle" "$cpu_idle" "$(awk -v a="$rate_idle" -v b="$rate_base" 'BEGIN { printf "%.2f", a / b }')"

@@ -36,6 +36,9 @@
 #include "tlsio.h"
 
 #define OUT_SIZE	2048	/* replies waiting to be written */
+#define IN_SMALL	1024	/* a partial command line waiting between
+				 * reads moves to a buffer this small (else
+				 * IOBUF_SIZE, from the worker's pool) */
 #define REPLY_RESERVE	1024	/* room a command needs for its replies */
 #define FLY_MAX		32	/* commands in flight at the backend */
 
@@ -208,7 +211,10 @@ struct smtp_session {
 	char			 auth_name[AUTH_FIELD_MAX + 1];	/* AUTH LOGIN:
 						 * the user name given */
 	struct be_conn		*be;		/* backend connection, or NULL */
-	char			*in;		/* pooled input buffer, or NULL */
+	char			*in;		/* input buffer, or NULL */
+	size_t			 in_size;	/* its size: IOBUF_SIZE (from the
+						 * worker's pool) or IN_SMALL
+						 * (malloc'd) */
 	size_t			 in_start;	/* first unconsumed byte */
 	size_t			 in_end;	/* end of input read */
 	uint8_t			 fly[FLY_MAX];	/* enum fly_kind, a ring */
@@ -1775,8 +1781,46 @@ smtp_want_input(const struct smtp_session *s)
 {
 	return !(s->flags & (SF_CLOSE_AFTER | SF_OUT_WRITING | SF_EOF)) &&
 	    !(s->be != NULL && be_busy(s->be)) &&
-	    (s->in == NULL || s->in_end < IOBUF_SIZE ||
-	    (s->in_start > 0 && !(s->flags & SF_PINNED)));
+	    (s->in == NULL || s->in_end < s->in_size ||
+	    ((s->in_start > 0 || s->in_size < IOBUF_SIZE) &&
+	    !(s->flags & SF_PINNED)));
+}
+
+/* Gives the input buffer back (to the pool, or to free()). */
+static void
+smtp_in_release(struct smtp_session *s)
+{
+	if (s->in_size == IOBUF_SIZE)
+		worker_buf_put(s->w, s->in);
+	else
+		free(s->in);
+	s->in = NULL;
+	s->in_size = s->in_start = s->in_end = 0;
+}
+
+/*
+ * Between events, a pooled input buffer holding only the start of a
+ * command line (no line end: nothing points into it) is traded for a
+ * small one, so that many slow or idle clients do not each hold
+ * IOBUF_SIZE bytes.  Not in DATA, where the next read is likely large.
+ */
+static void
+smtp_in_shrink(struct smtp_session *s)
+{
+	size_t	 n = s->in_end - s->in_start;
+	char	*small;
+
+	if (s->in_size != IOBUF_SIZE || s->state == S_DATA ||
+	    (s->flags & SF_PINNED) || n > IN_SMALL / 2 ||
+	    memchr(s->in + s->in_start, '\n', n) != NULL ||
+	    (small = malloc(IN_SMALL)) == NULL)
+		return;
+	memcpy(small, s->in + s->in_start, n);
+	worker_buf_put(s->w, s->in);
+	s->in = small;
+	s->in_size = IN_SMALL;
+	s->in_start = 0;
+	s->in_end = n;
 }
 
 /*
@@ -1787,19 +1831,33 @@ smtp_want_input(const struct smtp_session *s)
 static size_t
 smtp_in_room(struct smtp_session *s)
 {
-	if (s->in == NULL && (s->in = worker_buf_get(s->w)) == NULL)
-		return 0;
+	char *big;
+
+	if (s->in == NULL) {
+		if ((s->in = worker_buf_get(s->w)) == NULL)
+			return 0;
+		s->in_size = IOBUF_SIZE;
+	}
 	if (!(s->flags & SF_PINNED)) {
 		if (s->in_start == s->in_end) {
 			s->in_start = s->in_end = 0;
-		} else if (s->in_end == IOBUF_SIZE && s->in_start > 0) {
+		} else if (s->in_end == s->in_size && s->in_start > 0) {
 			memmove(s->in, s->in + s->in_start,
 			    s->in_end - s->in_start);
 			s->in_end -= s->in_start;
 			s->in_start = 0;
 		}
+		if (s->in_end == s->in_size && s->in_size < IOBUF_SIZE) {
+			/* A small buffer is full: a pooled one takes over. */
+			if ((big = worker_buf_get(s->w)) == NULL)
+				return 0;
+			memcpy(big, s->in, s->in_end);
+			free(s->in);
+			s->in = big;
+			s->in_size = IOBUF_SIZE;
+		}
 	}
-	return IOBUF_SIZE - s->in_end;
+	return s->in_size - s->in_end;
 }
 
 /* Starts or stops reading, gives an empty buffer back to the pool. */
@@ -1810,11 +1868,11 @@ smtp_update_io(struct smtp_session *s)
 
 	if (s->flags & SF_CLOSING)
 		return;
-	if (s->in != NULL && s->in_start == s->in_end &&
-	    !(s->flags & SF_PINNED)) {
-		worker_buf_put(s->w, s->in);
-		s->in = NULL;
-		s->in_start = s->in_end = 0;
+	if (s->in != NULL && !(s->flags & SF_PINNED)) {
+		if (s->in_start == s->in_end)
+			smtp_in_release(s);
+		else
+			smtp_in_shrink(s);
 	}
 	want = smtp_want_input(s);
 	if (want && !(s->flags & SF_READING)) {
@@ -2136,7 +2194,7 @@ smtp_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 	if (smtp_in_room(s) == 0)
 		return;
 	buf->base = s->in + s->in_end;
-	buf->len = IOBUF_SIZE - s->in_end;
+	buf->len = s->in_size - s->in_end;
 }
 
 /*
@@ -2479,7 +2537,7 @@ smtp_free(struct smtp_session *s)
 	if (s->next != NULL)
 		s->next->prev = s->prev;
 	if (s->in != NULL)
-		worker_buf_put(w, s->in);
+		smtp_in_release(s);
 	free(s->tx.hdr.buf);
 	free(s->tls_wbuf);
 	tlsio_free(s->tls);

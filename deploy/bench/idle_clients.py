@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Open many idle SMTP connections and hold them (benchmark helper).
 
-Usage: idle_clients.py [--sources N] HOST PORT COUNT [SETUP_TIMEOUT_SECONDS]
+Usage: idle_clients.py [--sources N] [--partial] HOST PORT COUNT [SETUP_TIMEOUT_SECONDS]
 
 --sources N binds the connections to the source addresses 127.0.0.2 to
 127.0.0.N+1 in turn, so that tens of thousands of them do not run out of
-ephemeral ports of one address (loopback HOST only).  The open files limit
+ephemeral ports of one address (loopback HOST only).  --partial sends
+"NOOP" without its line end after each greeting: the server holds the
+start of a command line for every connection (a slow client's state).  The open files limit
 is raised to what COUNT needs, as far as the hard limit allows.
 
 Opens COUNT TCP connections to HOST:PORT (at most 256 connects in progress
@@ -35,10 +37,16 @@ INFLIGHT = 256          # connects in progress at once
 
 def main():
     args = sys.argv[1:]
-    nsources = 0
-    if len(args) >= 2 and args[0] == "--sources":
-        nsources = int(args[1])
-        args = args[2:]
+    nsources, partial = 0, False
+    while args and args[0].startswith("--"):
+        if args[0] == "--sources" and len(args) >= 2:
+            nsources = int(args[1])
+            args = args[2:]
+        elif args[0] == "--partial":
+            partial = True
+            args = args[1:]
+        else:
+            break
     if len(args) not in (3, 4) or not 0 <= nsources <= 254:
         sys.stderr.write(__doc__)
         return 2
@@ -109,6 +117,11 @@ def main():
             del state[s]
             if buf.startswith(b"220 "):
                 held.add(s)     # stays registered: EOF means closed
+                if partial:
+                    try:
+                        s.send(b"NOOP")
+                    except OSError:
+                        pass
             else:
                 failed += 1
                 sel.unregister(s)

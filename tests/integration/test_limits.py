@@ -15,6 +15,9 @@ test_limits.py: resource exhaustion.
                         normal session completes a message meanwhile; one
                         trickling message data below limits.min_data_rate
                         is cut after about timeouts.data.
+  FragmentedInput       a command line arriving in pieces (kept in a small
+                        buffer between reads, then a full one) is one
+                        command.
 
 max_connections and max_connections_per_client (421 4.7.0) are covered by
 test_smtp_protocol.MaxConnections and test_ratelimit.ConnectionsPerClient.
@@ -192,6 +195,34 @@ class SlowClients(unittest.TestCase):
         self.assertLess(sent, len(data), "the whole message went through")
         self.assertEqual(self.backend.messages, [])
         self.assertIn("timeout in state DATA", self.gw.log)
+
+
+class FragmentedInput(unittest.TestCase):
+    """A command line that arrives in pieces: the gateway keeps a short
+    partial line in a small buffer between reads and moves it to a full
+    one when more comes (here, a line longer than that small buffer)."""
+
+    def setUp(self):
+        self.backend = RecordingBackend()
+        self.addCleanup(self.backend.stop)
+        self.gw = Gateway([self.backend.addr], {"limits": {"max_line_length": 4096}},
+                          name="fragments")
+        self.addCleanup(self.gw.stop_and_check)
+        self.gw.start()
+
+    def test_pieces_make_one_command(self):
+        c = self.gw.client()
+        self.addCleanup(c.close)
+        c.ehlo()
+        line = b"NOOP " + b"x" * 3000 + b"\r\n"
+        for piece in (line[:3], line[3:10], line[10:2500], line[2500:-1]):
+            c.send(piece)
+            # Separate reads, most likely; the reply is the same either way.
+            self.assertEqual(c.pending(0.05), b"")
+        c.send(line[-1:])
+        c.expect(250, "2.0.0")
+        c.transaction(SENDER, [RCPT], make_message("after pieces"))
+        self.assertEqual(len(self.backend.messages), 1)
 
 
 if __name__ == "__main__":
