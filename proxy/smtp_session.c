@@ -2221,6 +2221,13 @@ smtp_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 	struct smtp_session *s = st->data;
 
 	(void)buf;
+	/*
+	 * Nothing read (an error, EAGAIN): a buffer taken for it goes back at
+	 * once, not when the session next moves or ends.
+	 */
+	if (nread <= 0 && s->in != NULL && s->in_start == s->in_end &&
+	    !(s->flags & SF_PINNED))
+		smtp_in_release(s);
 	if (s->flags & SF_CLOSING)
 		return;
 	if (nread < 0) {
