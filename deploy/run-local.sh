@@ -34,6 +34,8 @@
 set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
 deploy=$repo/deploy
+# shellcheck source=deploy/lib.sh
+. "$deploy/lib.sh"
 once=0
 case "${1:-}" in
 --once) once=1 ;;
@@ -81,18 +83,7 @@ cleanup() {
 		fi
 	fi
 	if [ "$postfix_started" -eq 1 ]; then
-		master=$(tr -d ' ' 2>/dev/null <"$work/postfix/queue/pid/master.pid") || master=""
-		postfix -c "$work/postfix/conf" stop >/dev/null 2>&1 || true
-		# "postfix stop" returns before master has gone.
-		i=0
-		while [ -n "$master" ] && kill -0 "$master" 2>/dev/null; do
-			i=$((i + 1))
-			if [ $i -gt 300 ]; then
-				kill -KILL "$master" 2>/dev/null || true
-				break
-			fi
-			sleep 0.05
-		done
+		postfix_stop "$work/postfix"
 	fi
 	if [ -n "$redis_pid" ]; then
 		kill -TERM "$redis_pid" 2>/dev/null || true
@@ -119,117 +110,42 @@ fail() {
 	exit 1
 }
 
-# Ports: the environment's, or free ones (bound together, so distinct).
-read -r free1 free2 free3 free4 < <(python3 -c '
-import socket
-ss = [socket.socket() for _ in range(4)]
-for s in ss:
-    s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in ss])')
+# Ports: the environment's, or free ones.
+read -r free1 free2 free3 free4 < <(free_ports 4)
 smtp_port=${SMTP_PORT:-$free1}
 submission_port=${SUBMISSION_PORT:-$free2}
 postfix_port=${POSTFIX_PORT:-$free3}
 redis_port=${REDIS_PORT:-$free4}
 
-# wait_greeting PORT LOG: waits (20 s at most) until 127.0.0.1:PORT
-# greets with 220, then says QUIT.  Connection refused means the server
-# is not listening yet: there is nothing to await but time.
-wait_greeting() {
-	local port=$1 log=$2 i=0 line
-	while ! { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null; do
-		i=$((i + 1))
-		[ $i -gt 400 ] && { tail -n 30 "$log" >&2; fail "nothing listens on $port"; }
-		sleep 0.05
-	done
-	IFS= read -r -t 20 line <&3 || line=""
-	printf 'QUIT\r\n' >&3 2>/dev/null || true
-	exec 3>&-
-	case "$line" in
-	220*) ;;
-	*) tail -n 30 "$log" >&2; fail "127.0.0.1:$port greeted with '$line'" ;;
-	esac
-}
-
 # --- Redis -------------------------------------------------------------
-mkdir "$work/redis"
-redis-server "$deploy/redis/redis.conf" --port "$redis_port" \
-	--bind 127.0.0.1 --dir "$work/redis" --daemonize no \
-	>"$work/redis/redis.log" 2>&1 &
-redis_pid=$!
-i=0
-until [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ]; do
-	kill -0 "$redis_pid" 2>/dev/null ||
-		{ cat "$work/redis/redis.log" >&2; fail "redis-server exited"; }
-	i=$((i + 1))
-	[ $i -gt 400 ] && fail "redis-server does not answer PING"
-	sleep 0.05
-done
+redis_start "$work/redis" "$redis_port" || fail "Redis did not start"
+redis_pid=$REDIS_PID
 
 # --- Postfix -----------------------------------------------------------
 pf=$work/postfix
-mkdir -p "$pf/conf" "$pf/queue" "$pf/data" "$pf/mail"
-cp "$deploy/postfix/main.cf" "$deploy/postfix/master.cf" \
-	"$deploy/postfix/vmailbox" "$pf/conf/"
-chown postfix: "$pf/data"
-chmod 0700 "$pf/data"
-chown nobody: "$pf/mail"
-nobody_uid=$(id -u nobody)
-nobody_gid=$(id -g nobody)
-# The parameters that differ from the container, nothing else.
-postfix_overrides=(
-	"config_directory = $pf/conf"
-	"queue_directory = $pf/queue"
-	"data_directory = $pf/data"
-	"inet_interfaces = 127.0.0.1"
-	"smtpd_authorized_xclient_hosts = 127.0.0.1"
-	"virtual_mailbox_base = $pf/mail"
-	"virtual_uid_maps = static:$nobody_uid"
-	"virtual_gid_maps = static:$nobody_gid"
-	"maillog_file = $pf/maillog"
-	"maillog_file_prefixes = /tmp"
-	"syslog_name = postfix-$(basename "$work")"
-	# A local run never sends mail out: relayed mail stays queued.
-	"defer_transports = smtp"
-)
-postconf -c "$pf/conf" -e "${postfix_overrides[@]}"
-postconf -c "$pf/conf" -M \
-	"smtp/inet=127.0.0.1:$postfix_port inet n - n - - smtpd"
-out=$(postfix -c "$pf/conf" start 2>&1) ||
-	{ echo "$out" >&2; cat "$pf/maillog" >&2 2>/dev/null; fail "postfix start failed"; }
 postfix_started=1
-wait_greeting "$postfix_port" "$pf/maillog"
+postfix_start "$pf" "$postfix_port" || fail "Postfix did not start"
 
 # --- smtpgate ----------------------------------------------------------
 sg=$work/smtpgate
-mkdir "$sg"
-ln -s "$deploy/policy" "$sg/policy"
-"$deploy/smtpgate/gen-cert.sh" "$sg/tls" gate.example.test >/dev/null
 password=${RUN_LOCAL_PASSWORD:-$(openssl rand -hex 12)}
-(umask 077
- { cat "$deploy/smtpgate/users"
-   printf 'local:%s\n' "$(openssl passwd -6 "$password")"; } >"$sg/users")
-# replace_once FROM TO: FROM must be in the config exactly once.
-conf=$(cat "$deploy/smtpgate/smtpgate.yaml")
-replace_once() {
-	local n
-	n=$(grep -cF -- "$1" <<<"$conf" || true)
-	[ "$n" -eq 1 ] ||
-		fail "deploy/smtpgate/smtpgate.yaml holds '$1' $n times, not once"
-	conf=${conf/"$1"/"$2"}
-}
-replace_once "0.0.0.0:25 " "127.0.0.1:$smtp_port "
-replace_once "0.0.0.0:587 " "127.0.0.1:$submission_port "
-replace_once "172.30.25.25:25]" "127.0.0.1:$postfix_port]"
-replace_once "172.30.25.63:6379 " "127.0.0.1:$redis_port "
+gate_dir "$sg" "$deploy/policy" "$password"
+gate_conf_load
+gate_conf_replace "0.0.0.0:25 " "127.0.0.1:$smtp_port " || fail "bad config"
+gate_conf_replace "0.0.0.0:587 " "127.0.0.1:$submission_port " || fail "bad config"
+gate_conf_replace "172.30.25.25:25]" "127.0.0.1:$postfix_port]" || fail "bad config"
+gate_conf_replace "172.30.25.63:6379 " "127.0.0.1:$redis_port " || fail "bad config"
 printf '%s\n' "$conf" >"$sg/smtpgate.yaml"
 "$bin" -t -c "$sg/smtpgate.yaml" >/dev/null ||
 	fail "smtpgate -t refused $sg/smtpgate.yaml"
 "$bin" -c "$sg/smtpgate.yaml" 2>"$work/smtpgate.log" &
 gate_pid=$!
-wait_greeting "$smtp_port" "$work/smtpgate.log"
-wait_greeting "$submission_port" "$work/smtpgate.log"
+wait_greeting "$smtp_port" "$work/smtpgate.log" "$gate_pid" ||
+	fail "smtpgate does not greet"
+wait_greeting "$submission_port" "$work/smtpgate.log" "$gate_pid" ||
+	fail "smtpgate does not greet"
 
-master=$(tr -d ' ' <"$pf/queue/pid/master.pid")
+master=$(postfix_master "$pf")
 cat <<EOF
 smtp        127.0.0.1:$smtp_port (STARTTLS)
 submission  127.0.0.1:$submission_port (STARTTLS, AUTH: user local, password $password)

@@ -1,0 +1,222 @@
+# shellcheck shell=bash
+# deploy/lib.sh: shell helpers of run-local.sh, scale-out.sh and
+# loadtest.sh (bash; source it).  They run the files of the compose
+# deployment natively on 127.0.0.1: a redis-server, a private Postfix with
+# deploy/postfix/'s configuration and smtpgate with
+# deploy/smtpgate/smtpgate.yaml.  None of them exits: each returns non-zero
+# with a message on stderr and leaves the decision to its caller.
+#
+# Needs: deploy, the deploy/ directory.
+: "${deploy:?deploy/lib.sh needs \$deploy, the deploy/ directory}"
+
+# free_ports N: prints N distinct ports of 127.0.0.1 free right now (bound
+# together, so distinct).
+free_ports() {
+	python3 -c '
+import socket, sys
+ss = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in ss:
+    s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in ss])' "$1"
+}
+
+# wait_greeting PORT LOG [PID]: waits (20 s at most) until 127.0.0.1:PORT
+# greets with 220, then says QUIT; on failure shows the end of LOG.
+# Connection refused means the server is not listening yet: there is
+# nothing to await but time.  With PID, gives up as soon as PID is gone.
+wait_greeting() {
+	local port=$1 log=$2 pid=${3:-} i=0 line
+	while ! { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null; do
+		i=$((i + 1))
+		if [ $i -gt 400 ] || { [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; }; then
+			tail -n 30 "$log" >&2
+			echo "nothing listens on 127.0.0.1:$port" >&2
+			return 1
+		fi
+		sleep 0.05
+	done
+	IFS= read -r -t 20 line <&3 || line=""
+	printf 'QUIT\r\n' >&3 2>/dev/null || true
+	exec 3>&-
+	case "$line" in
+	220*) return 0 ;;
+	esac
+	tail -n 30 "$log" >&2
+	echo "127.0.0.1:$port greeted with '$line'" >&2
+	return 1
+}
+
+# wait_port PORT PID: waits (20 s at most) until something accepts on
+# 127.0.0.1:PORT, without a word to it; gives up when PID is gone.
+wait_port() {
+	local i=0
+	until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
+		kill -0 "$2" 2>/dev/null || return 1
+		i=$((i + 1))
+		[ $i -gt 400 ] && return 1
+		sleep 0.05
+	done
+}
+
+# stop_wait PID [SECONDS [SIGNAL]]: SIGNAL [TERM] to PID (a child of this
+# shell; SIGNAL "none": no signal, it was sent before), then waits for it,
+# SIGKILL after SECONDS [30].  Returns PID's exit status.
+stop_wait() {
+	local pid=$1 t=${2:-30} sig=${3:-TERM} i=0 st rc=0
+	[ "$sig" = none ] || kill -"$sig" "$pid" 2>/dev/null || true
+	# Exited: gone, or a zombie until the wait below.
+	while st=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null) &&
+		[ "${st%% *}" != Z ]; do
+		i=$((i + 1))
+		if [ $i -gt $((t * 20)) ]; then
+			kill -KILL "$pid" 2>/dev/null || true
+			break
+		fi
+		sleep 0.05
+	done
+	wait "$pid" 2>/dev/null || rc=$?
+	return "$rc"
+}
+
+# --- Redis -------------------------------------------------------------
+
+# redis_start DIR PORT: redis-server with deploy/redis/redis.conf on
+# 127.0.0.1:PORT, its files and log (DIR/redis.log) in DIR; sets REDIS_PID
+# and waits until it answers PING.
+redis_start() {
+	local dir=$1 port=$2 i=0
+	mkdir -p "$dir"
+	redis-server "$deploy/redis/redis.conf" --port "$port" \
+		--bind 127.0.0.1 --dir "$dir" --daemonize no \
+		>"$dir/redis.log" 2>&1 &
+	REDIS_PID=$!
+	until [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ]; do
+		if ! kill -0 "$REDIS_PID" 2>/dev/null; then
+			cat "$dir/redis.log" >&2
+			echo "redis-server exited" >&2
+			return 1
+		fi
+		i=$((i + 1))
+		if [ $i -gt 400 ]; then
+			echo "redis-server does not answer PING" >&2
+			return 1
+		fi
+		sleep 0.05
+	done
+}
+
+# --- Postfix -----------------------------------------------------------
+
+# postfix_start DIR PORT [PARAM=VALUE ...]: a private Postfix with
+# deploy/postfix/'s main.cf, master.cf and vmailbox, in DIR (conf/,
+# queue/, data/, mail/ for the Maildirs, maillog), its SMTP server on
+# 127.0.0.1:PORT; waits for its greeting.  Only what cannot be the same
+# outside a container differs (postconf -e): its directories, 127.0.0.1
+# for listening and as the XCLIENT host, the uid mail is delivered as,
+# logging to DIR/maillog, and defer_transports = smtp (nothing is sent
+# out); then the PARAM=VALUE arguments, if any.  DIR must be under /tmp
+# (Postfix takes a maillog_file only under maillog_file_prefixes).
+# Run as root.
+postfix_start() {
+	local pf=$1 port=$2 out
+	shift 2
+	mkdir -p "$pf/conf" "$pf/queue" "$pf/data" "$pf/mail"
+	cp "$deploy/postfix/main.cf" "$deploy/postfix/master.cf" \
+		"$deploy/postfix/vmailbox" "$pf/conf/"
+	chown postfix: "$pf/data"
+	chmod 0700 "$pf/data"
+	chown nobody: "$pf/mail"
+	local overrides=(
+		"config_directory = $pf/conf"
+		"queue_directory = $pf/queue"
+		"data_directory = $pf/data"
+		"inet_interfaces = 127.0.0.1"
+		"smtpd_authorized_xclient_hosts = 127.0.0.1"
+		"virtual_mailbox_base = $pf/mail"
+		"virtual_uid_maps = static:$(id -u nobody)"
+		"virtual_gid_maps = static:$(id -g nobody)"
+		"maillog_file = $pf/maillog"
+		"maillog_file_prefixes = /tmp"
+		"syslog_name = postfix-$(basename "$(dirname "$pf")")"
+		# A local run never sends mail out: relayed mail stays queued.
+		"defer_transports = smtp"
+		"$@"
+	)
+	postconf -c "$pf/conf" -e "${overrides[@]}"
+	postconf -c "$pf/conf" -M \
+		"smtp/inet=127.0.0.1:$port inet n - n - - smtpd"
+	if ! out=$(postfix -c "$pf/conf" start 2>&1); then
+		echo "$out" >&2
+		cat "$pf/maillog" >&2 2>/dev/null
+		echo "postfix start failed" >&2
+		return 1
+	fi
+	wait_greeting "$port" "$pf/maillog"
+}
+
+# postfix_master DIR: the pid of the master of the Postfix in DIR, or "".
+postfix_master() {
+	tr -d ' ' 2>/dev/null <"$1/queue/pid/master.pid" || true
+}
+
+# postfix_stop DIR: stops the Postfix in DIR and waits (15 s, then
+# SIGKILL) for its master to exit: "postfix stop" returns before.
+postfix_stop() {
+	local master i=0
+	master=$(postfix_master "$1")
+	postfix -c "$1/conf" stop >/dev/null 2>&1 || true
+	while [ -n "$master" ] && kill -0 "$master" 2>/dev/null; do
+		i=$((i + 1))
+		if [ $i -gt 300 ]; then
+			kill -KILL "$master" 2>/dev/null || true
+			break
+		fi
+		sleep 0.05
+	done
+}
+
+# --- smtpgate ----------------------------------------------------------
+
+# gate_conf_load: reads deploy/smtpgate/smtpgate.yaml into $conf, for
+# gate_conf_replace.
+gate_conf_load() {
+	conf=$(cat "$deploy/smtpgate/smtpgate.yaml")
+}
+
+# gate_conf_replace FROM TO: replaces FROM in $conf, where it must be
+# exactly once.
+gate_conf_replace() {
+	local n
+	n=$(grep -cF -- "$1" <<<"$conf" || true)
+	if [ "$n" -ne 1 ]; then
+		echo "deploy/smtpgate/smtpgate.yaml holds '$1' $n times, not once" >&2
+		return 1
+	fi
+	conf=${conf/"$1"/"$2"}
+}
+
+# gate_dir DIR POLICY [PASSWORD]: DIR/ as smtpgate's configuration
+# directory, for a config made from $conf: tls/ with a fresh self-signed
+# certificate, policy/ a link to the directory POLICY, users from
+# deploy/smtpgate/users (plus the account "local" with PASSWORD when given).
+gate_dir() {
+	local dir=$1 policy=$2 password=${3:-}
+	mkdir -p "$dir"
+	ln -s "$policy" "$dir/policy"
+	"$deploy/smtpgate/gen-cert.sh" "$dir/tls" gate.example.test >/dev/null
+	(umask 077
+	 { cat "$deploy/smtpgate/users"
+	   [ -z "$password" ] ||
+		printf 'local:%s\n' "$(openssl passwd -6 "$password")"
+	 } >"$dir/users")
+}
+
+# proc_cpu_ticks PID: utime + stime of PID in clock ticks ("" when gone).
+proc_cpu_ticks() {
+	sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }'
+}
+
+# proc_rss_kb PID: VmRSS of PID in kB ("" when gone).
+proc_rss_kb() {
+	awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status" 2>/dev/null
+}
