@@ -9,7 +9,8 @@
 FROM debian:bookworm-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends \
         build-essential cmake pkg-config libuv1-dev libssl-dev \
-        libpcre2-dev libhiredis-dev libyaml-dev libcrypt-dev python3 \
+        libpcre2-dev libhiredis-dev libyaml-dev libcrypt-dev libmicrohttpd-dev \
+        python3 \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY CMakeLists.txt ./
@@ -23,10 +24,10 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 
 FROM debian:bookworm-slim
 # The libraries smtpgate links (libssl3 for TLS, libcrypt1 for AUTH's
-# password hashes).  When the metrics endpoint lands, add libmicrohttpd12.
+# password hashes, libmicrohttpd12 for the metrics endpoint).
 RUN apt-get update && apt-get install -y --no-install-recommends \
         libuv1 libyaml-0-2 libpcre2-8-0 libhiredis0.14 libssl3 libcrypt1 \
-        ca-certificates \
+        libmicrohttpd12 ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10025 smtpgate \
     && useradd --system --uid 10025 --gid smtpgate --no-create-home \
@@ -44,7 +45,7 @@ VOLUME ["/etc/smtpgate"]
 # net.ipv4.ip_unprivileged_port_start at 0 (Docker's default since 20.10;
 # the compose file sets it too).
 USER smtpgate
-EXPOSE 25 587
+EXPOSE 25 587 9425
 # The listener on port 25 must greet with 220.  bash (always in Debian)
 # opens the TCP connection: the image has no curl or nc.  Each check is
 # one short session in the log ("session end ... reason="quit"").

@@ -133,7 +133,7 @@ fail() {
 	exit 1
 }
 
-read -r smtp_port submission_port postfix_port redis_port < <(free_ports 4)
+read -r smtp_port submission_port postfix_port redis_port metrics_port < <(free_ports 5)
 
 # --- Redis, Postfix ----------------------------------------------------------
 redis_start "$work/redis" "$redis_port" || fail "Redis did not start"
@@ -172,6 +172,7 @@ gate_conf_replace "0.0.0.0:25 " "127.0.0.1:$smtp_port " || fail "bad config"
 gate_conf_replace "0.0.0.0:587 " "127.0.0.1:$submission_port " || fail "bad config"
 gate_conf_replace "172.30.25.25:25]" "127.0.0.1:$postfix_port]" || fail "bad config"
 gate_conf_replace "172.30.25.63:6379 " "127.0.0.1:$redis_port " || fail "bad config"
+gate_conf_replace "0.0.0.0:9425 " "127.0.0.1:$metrics_port " || fail "bad config"
 gate_conf_replace "max_connections_per_client: 20" "max_connections_per_client: 0" ||
 	fail "bad config"
 printf '%s\n' "$conf" >"$sg/smtpgate.yaml"

@@ -13,8 +13,8 @@
 #
 # The files are the compose deployment's own.  They are copied to a work
 # directory and only what cannot be the same outside a container changes:
-#   smtpgate.yaml  the four addresses marked "run-local" (listeners, the
-#                  backend, Redis), each replaced where written exactly as
+#   smtpgate.yaml  the five addresses marked "run-local" (listeners, the
+#                  backend, Redis, metrics), each replaced where written exactly as
 #                  in the file; tls/ holds a certificate made by
 #                  deploy/smtpgate/gen-cert.sh; policy/ is a link to
 #                  deploy/policy/; users gets one more account, "local".
@@ -27,7 +27,7 @@
 # Run as root (Postfix's master starts as root), from anywhere.
 # Environment:
 #   SMTPGATE_BIN        the binary (default: build/smtpgate, built if absent)
-#   SMTP_PORT SUBMISSION_PORT POSTFIX_PORT REDIS_PORT
+#   SMTP_PORT SUBMISSION_PORT POSTFIX_PORT REDIS_PORT METRICS_PORT
 #                       ports (default: free ones)
 #   RUN_LOCAL_PASSWORD  password of the account "local" (default: random)
 #   SMTPGATE_KEEP_TMP=1 keep the work directory (configs, logs, Maildirs)
@@ -111,11 +111,12 @@ fail() {
 }
 
 # Ports: the environment's, or free ones.
-read -r free1 free2 free3 free4 < <(free_ports 4)
+read -r free1 free2 free3 free4 free5 < <(free_ports 5)
 smtp_port=${SMTP_PORT:-$free1}
 submission_port=${SUBMISSION_PORT:-$free2}
 postfix_port=${POSTFIX_PORT:-$free3}
 redis_port=${REDIS_PORT:-$free4}
+metrics_port=${METRICS_PORT:-$free5}
 
 # --- Redis -------------------------------------------------------------
 redis_start "$work/redis" "$redis_port" || fail "Redis did not start"
@@ -135,6 +136,7 @@ gate_conf_replace "0.0.0.0:25 " "127.0.0.1:$smtp_port " || fail "bad config"
 gate_conf_replace "0.0.0.0:587 " "127.0.0.1:$submission_port " || fail "bad config"
 gate_conf_replace "172.30.25.25:25]" "127.0.0.1:$postfix_port]" || fail "bad config"
 gate_conf_replace "172.30.25.63:6379 " "127.0.0.1:$redis_port " || fail "bad config"
+gate_conf_replace "0.0.0.0:9425 " "127.0.0.1:$metrics_port " || fail "bad config"
 printf '%s\n' "$conf" >"$sg/smtpgate.yaml"
 "$bin" -t -c "$sg/smtpgate.yaml" >/dev/null ||
 	fail "smtpgate -t refused $sg/smtpgate.yaml"
@@ -151,6 +153,7 @@ smtp        127.0.0.1:$smtp_port (STARTTLS)
 submission  127.0.0.1:$submission_port (STARTTLS, AUTH: user local, password $password)
 postfix     127.0.0.1:$postfix_port
 redis       127.0.0.1:$redis_port
+metrics     127.0.0.1:$metrics_port (http://127.0.0.1:$metrics_port/metrics)
 maildirs    $pf/mail/example.test/
 logs        $work/smtpgate.log $pf/maillog $work/redis/redis.log
 config      $sg/smtpgate.yaml $pf/conf/main.cf

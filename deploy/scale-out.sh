@@ -36,6 +36,8 @@
 #                       (default: free ones)
 #   POSTFIX_PORT REDIS_PORT
 #                       (default: free ones)
+#   GATE1_METRICS_PORT GATE2_METRICS_PORT
+#                       each gateway's metrics endpoint (default: free ones)
 #   HAPROXY_SOURCE      haproxy's address toward the gateways, their
 #                       proxy_from [127.0.10.1]; another /24 than the
 #                       clients', so that rate limits per client_net do not
@@ -248,7 +250,7 @@ fail() {
 }
 
 # Ports: the environment's, or free ones.
-read -r -a free < <(free_ports 10)
+read -r -a free < <(free_ports 12)
 smtp_port=${SMTP_PORT:-${free[0]}}
 submission_port=${SUBMISSION_PORT:-${free[1]}}
 postfix_port=${POSTFIX_PORT:-${free[2]}}
@@ -258,6 +260,8 @@ read -r -a g2 <<<"${GATE2_PORTS:-${free[7]} ${free[8]} ${free[9]}}"
 if [ "${#g1[@]}" -ne 3 ] || [ "${#g2[@]}" -ne 3 ]; then
 	fail "GATE1_PORTS and GATE2_PORTS take three ports: SMTP SUBMISSION CHECK"
 fi
+g1[3]=${GATE1_METRICS_PORT:-${free[10]}}
+g2[3]=${GATE2_METRICS_PORT:-${free[11]}}
 
 # --- Redis, Postfix ----------------------------------------------------
 redis_start "$work/redis" "$redis_port" || fail "Redis did not start"
@@ -270,11 +274,13 @@ postfix_start "$pf" "$postfix_port" || fail "Postfix did not start"
 sg=$work/smtpgate
 password=${SCALEOUT_PASSWORD:-$(openssl rand -hex 12)}
 gate_dir "$sg" "$policy" "$password"
-# gate_config SMTP SUBMISSION CHECK: the config of one gateway, in $conf.
+# gate_config SMTP SUBMISSION CHECK METRICS: the config of one gateway, in
+# $conf.
 gate_config() {
 	gate_conf_load
 	gate_conf_replace "0.0.0.0:25 " "127.0.0.1:$1 " || return 1
 	gate_conf_replace "0.0.0.0:587 " "127.0.0.1:$2 " || return 1
+	gate_conf_replace "0.0.0.0:9425 " "127.0.0.1:$4 " || return 1
 	gate_conf_replace "172.30.25.25:25]" "127.0.0.1:$postfix_port]" || return 1
 	gate_conf_replace "172.30.25.63:6379 " "127.0.0.1:$redis_port " || return 1
 	if [ -n "${REDIS_TIMEOUT:-}" ]; then
@@ -357,6 +363,7 @@ gate1       127.0.0.1:${g1[0]} 127.0.0.1:${g1[1]} (PROXY from $src) check 127.0.
 gate2       127.0.0.1:${g2[0]} 127.0.0.1:${g2[1]} (PROXY from $src) check 127.0.0.1:${g2[2]}
 postfix     127.0.0.1:$postfix_port
 redis       127.0.0.1:$redis_port
+metrics     http://127.0.0.1:${g1[3]}/metrics (gate1) http://127.0.0.1:${g2[3]}/metrics (gate2)
 maildirs    $pf/mail/example.test/
 logs        $work/gate1.log $work/gate2.log $work/haproxy.log $pf/maillog $work/redis/redis.log
 config      $deploy/haproxy.cfg $sg/gate1.yaml $sg/gate2.yaml $pf/conf/main.cf

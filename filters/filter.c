@@ -8,6 +8,7 @@
 
 #include "filter.h"
 #include "log.h"
+#include "metrics.h"
 
 /* The filters, in their default order.  A new filter is one line here. */
 const struct flt_def *const flt_table[] = {
@@ -201,6 +202,7 @@ flt_continue(struct flt_run *run, const struct flt_env *env)
 		run->res = r;
 		run->res.verdict = v;
 		run->state = FLT_RUN_DONE;
+		metrics_verdict(r.filter, r.rule, v);
 		return v;
 	}
 	run->res.verdict = FLT_CONTINUE;
@@ -291,6 +293,7 @@ flt_resume(struct flt_call *call, const struct flt_result *res)
 		run->res = *res;
 		run->res.rewrite = rw;
 		run->state = FLT_RUN_DONE;
+		metrics_verdict(res->filter, res->rule, res->verdict);
 	}
 	if (run->resumed != NULL)
 		run->resumed(run->owner);

@@ -50,6 +50,7 @@
 #include <hiredis/async.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "rl_store.h"
 
 #define FR_BACKOFF_MIN	100	/* ms before the first reconnection */
@@ -509,6 +510,7 @@ fr_answer(struct fr_req *req, const struct rl_result *res)
 		st->tail = req->prev;
 	req->prev = req->next = NULL;
 	req->flags |= FR_REQ_ANSWERED;
+	metrics_redis_answer(res->status);
 
 	if (res->status == RL_DENY)
 		st->base.stats.denied++;
@@ -1050,6 +1052,7 @@ fr_check(struct rl_store *base, const struct rl_check *c, size_t n,
  error:
 	*res = fr_error;
 	st->base.stats.errors++;
+	metrics_redis_answer(RL_ERROR);
 	return 0;
 }
 
@@ -1080,6 +1083,7 @@ fr_deadline_cb(uv_timer_t *t)
 	while ((req = st->head) != NULL && req->deadline <= now &&
 	    !st->closing) {
 		st->stalls++;
+		metrics_redis_timeout();
 		fr_answer(req, &fr_error);
 	}
 	if (st->stalls >= FR_STALL && st->state == FR_READY && !st->closing) {

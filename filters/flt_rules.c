@@ -11,6 +11,7 @@
 
 #include "filter.h"
 #include "log.h"
+#include "metrics.h"
 
 static const enum pol_stage flt_rules_pol_stage[FLT__STAGES] = {
 	[FLT_CONNECT] = POL_CONNECT, [FLT_HELO] = POL_HELO,
@@ -58,8 +59,10 @@ flt_rules_hook(enum flt_stage st, const struct flt_env *env,
 		    r->action == POL_REFUSE ? "refuse" : "reject",
 		    flt_stage_name(st));
 		res->rule = r->name;	/* a warn match is named too */
-		if (r->action == POL_WARN)
+		if (r->action == POL_WARN) {
+			metrics_verdict(flt_rules.name, r->name, FLT_CONTINUE);
 			continue;
+		}
 		if (r->action == POL_ACCEPT) {
 			res->verdict = FLT_ACCEPT;
 			return FLT_ACCEPT;

@@ -197,6 +197,11 @@ static const struct cfg_key redis_keys[] = {
 	KEND
 };
 
+static const struct cfg_key metrics_keys[] = {
+	{ "address", CT_ADDR, C(metrics_addr), 0, 0, NULL, 0, 1 },
+	KEND
+};
+
 static const struct cfg_key root_keys[] = {
 	KV("hostname",		CT_HOST,     hostname,		0, HOSTSZ),
 	KV("workers",		CT_UINT,     workers,	0, CFG_MAX_WORKERS),
@@ -211,6 +216,7 @@ static const struct cfg_key root_keys[] = {
 	KV("policy",		CT_PATH,     policy_path,	0, 0),
 	KM("redis",		redis_keys, 0),
 	KM("auth",		auth_keys, 0),
+	KM("metrics",		metrics_keys, 0),
 	KEND
 };
 
@@ -862,6 +868,38 @@ cfg_tls_check(struct cfg_ctx *c, const yaml_node_t *root)
 	}
 }
 
+/* Two addresses that bind the same socket. */
+static bool
+cfg_addr_same(const struct cfg_addr *a, const struct cfg_addr *b)
+{
+	return a->sslen == b->sslen && memcmp(&a->ss, &b->ss, a->sslen) == 0;
+}
+
+/*
+ * The metrics endpoint's address may not be a listener's: one of the two
+ * could not be bound.  root is the top-level map.
+ */
+static void
+cfg_metrics_check(struct cfg_ctx *c, const yaml_node_t *root)
+{
+	const struct config	*cfg = c->cfg;
+	const yaml_node_t	*m, *a;
+	unsigned		 i;
+
+	if (cfg->metrics_addr.sslen == 0)
+		return;
+	for (i = 0; i < cfg->nlisten; i++) {
+		if (!cfg_addr_same(&cfg->metrics_addr, &cfg->listen[i].addr))
+			continue;
+		m = cfg_find(c, root, "metrics");
+		a = m != NULL && m->type == YAML_MAPPING_NODE ?
+		    cfg_find(c, m, "address") : NULL;
+		cfg_error(c, a != NULL ? &a->start_mark : NULL,
+		    "metrics.address: %s is also listen[%u]'s address",
+		    cfg->metrics_addr.text, i);
+	}
+}
+
 /* Returns the number of workers to run when the file says 0. */
 static unsigned
 cfg_ncpu(void)
@@ -948,6 +986,7 @@ config_load(const char *path, char **errors)
 		else {
 			cfg_walk_map(&c, root, root_keys, (char *)cfg, "");
 			cfg_tls_check(&c, root);
+			cfg_metrics_check(&c, root);
 		}
 		yaml_document_delete(&doc);
 	}

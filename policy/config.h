@@ -124,6 +124,11 @@ struct config {
 	bool		 redis_tempfail;	/* on_error: tempfail (default
 						 * allow) */
 
+	struct cfg_addr	 metrics_addr;		/* metrics: address: where GET
+						 * /metrics is served (sslen 0:
+						 * no metrics: section, no
+						 * endpoint) */
+
 	/* timeouts: (client side, RFC 5321 4.5.3.2 server timeouts) */
 	unsigned	 to_command;		/* waiting for a command */
 	unsigned	 to_data;		/* waiting for the next DATA block */

@@ -19,6 +19,7 @@
 
 #include "backend.h"
 #include "log.h"
+#include "metrics.h"
 #include "smtp_parse.h"
 #include "tlsio.h"
 
@@ -81,6 +82,8 @@ struct be_conn {
 	int			 nopen;		/* handles still to be closed */
 	enum be_state		 state;		/* where the dialogue is */
 	unsigned		 server;	/* index of the server tried */
+	uint64_t		 t_attempt;	/* uv_hrtime() when that attempt
+						 * began, for the metrics */
 	enum be_fail		 fail;		/* the deferred or last failure */
 	unsigned		 ext;		/* SMTP_EXT_* of the backend */
 	unsigned		 xattrs;	/* SMTP_XCLIENT_* it accepts */
@@ -324,6 +327,7 @@ be_set_ready(struct be_conn *be)
 {
 	uv_timer_stop(&be->timer);
 	be_set_state(be, BE_READY);
+	metrics_be_ready(be->t_attempt);
 	be->cb->on_ready(be->arg);
 }
 
@@ -660,6 +664,7 @@ be_connect_cb(uv_connect_t *req, int status)
 		return;
 	}
 	uv_tcp_nodelay(&sk->tcp, 1);
+	metrics_be_connect(be->t_attempt);
 	be_set_state(be, BE_GREETING);
 	uv_timer_start(&be->timer, be_timer_cb, be->cfg->to_be_greeting, 0);
 	uv_read_start((uv_stream_t *)&sk->tcp, be_alloc_cb, be_read_cb);
@@ -687,6 +692,7 @@ be_attempt(struct be_conn *be)
 	sk->wreq.data = sk;
 	be->sock = sk;
 	be->state = BE_CONNECTING;
+	be->t_attempt = uv_hrtime();
 	r = uv_tcp_connect(&sk->creq, &sk->tcp, (const struct sockaddr *)&a->ss,
 	    be_connect_cb);
 	if (r < 0) {
@@ -720,6 +726,7 @@ be_fail(struct be_conn *be, enum be_fail why)
 
 	log_warn("backend=%s %s", be->server < be->cfg->nbackends ?
 	    be->cfg->backends[be->server].text : "all", be_strfail[why]);
+	metrics_be_fail(why);
 	be_close(be, 0);
 	cb->on_fail(arg, why);
 }

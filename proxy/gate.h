@@ -25,6 +25,8 @@ struct smtp_session;
 struct pattern_scratch;
 struct rl_store;
 struct client_table;
+struct metrics;
+struct metrics_http;
 
 struct proxy_ctx {
 	const char		*config_path;	/* -c FILE */
@@ -36,6 +38,12 @@ struct proxy_ctx {
 	struct rl_store		*rl_mem;	/* the in-process rate-limit store,
 						 * shared (used without redis:) */
 	struct client_table	*clients;	/* connections per client address */
+	struct metrics		*metrics;	/* every worker's counters */
+	struct metrics_http	*metrics_http;	/* the endpoint (metrics:), or
+						 * NULL */
+	struct cfg_addr		 metrics_addr;	/* ... its address, from the
+						 * config the process started
+						 * with (sslen 0: none) */
 	uv_async_t		 done_async;	/* worker -> main: a worker ended */
 	atomic_uint		 ndone;		/* workers that ended */
 };

@@ -23,6 +23,7 @@
 #include "explain.h"
 #include "gate.h"
 #include "log.h"
+#include "metrics.h"
 #include "ratelimit.h"
 
 static void
@@ -132,6 +133,7 @@ reload(struct proxy_ctx *ctx)
 			log_error("reload failed, old configuration kept: %s",
 			    line);
 		free(errors);
+		metrics_reloaded(ctx->metrics, 0);
 		return;
 	}
 	if (!config_same_listen(cfg, ctx->cfg)) {
@@ -143,6 +145,7 @@ reload(struct proxy_ctx *ctx)
 		log_error("reload failed, old configuration kept: the listen "
 		    "addresses changed; restart to change them");
 		config_unref(cfg);
+		metrics_reloaded(ctx->metrics, 0);
 		return;
 	}
 	warn_config(cfg);
@@ -151,11 +154,19 @@ reload(struct proxy_ctx *ctx)
 	    sizeof(cfg->redis_addr)) != 0)
 		log_warn("reload: workers and the redis address take effect "
 		    "at the next restart");
+	if (cfg->metrics_addr.sslen != ctx->metrics_addr.sslen ||
+	    memcmp(&cfg->metrics_addr.ss, &ctx->metrics_addr.ss,
+	    cfg->metrics_addr.sslen) != 0)
+		/* The endpoint stays as it is; the rest is reloaded. */
+		log_warn("reload: the metrics address takes effect at the next "
+		    "restart (metrics stay at %s)", ctx->metrics_addr.sslen ?
+		    ctx->metrics_addr.text : "none");
 	log_set_level(cfg->log_level);
 	for (i = 0; i < ctx->nworkers; i++)
 		worker_post(&ctx->workers[i], cfg, 0);
 	config_unref(ctx->cfg);
 	ctx->cfg = cfg;
+	metrics_reloaded(ctx->metrics, 1);
 	log_info("configuration reloaded from %s", ctx->config_path);
 }
 
@@ -198,6 +209,8 @@ run(struct proxy_ctx *ctx)
 	static const int	 signums[] = { SIGTERM, SIGINT, SIGHUP };
 	struct main_state	 m = { .ctx = ctx };
 	struct config		*cfg = ctx->cfg;
+	const char		*names[CFG_MAX_LISTEN];
+	char			 err[256];
 	unsigned		 i, j;
 	int			 r;
 
@@ -218,6 +231,26 @@ run(struct proxy_ctx *ctx)
 		}
 	}
 	raise_nofile(cfg);
+	for (j = 0; j < cfg->nlisten; j++)
+		names[j] = cfg->listen[j].addr.text;
+	if ((ctx->metrics = metrics_new(ctx->nworkers, names, cfg->nlisten)) ==
+	    NULL)
+		fatalx("out of memory");
+	if (cfg->metrics_addr.sslen != 0) {
+		ctx->metrics_http = metrics_http_start(ctx->metrics,
+		    &cfg->metrics_addr, err, sizeof(err));
+		if (ctx->metrics_http == NULL) {
+			log_error("cannot serve metrics on %s: %s",
+			    cfg->metrics_addr.text, err);
+			metrics_free(ctx->metrics);
+			free(ctx->workers);
+			config_unref(ctx->cfg);
+			return 1;
+		}
+		log_info("metrics served at http://%s/metrics",
+		    cfg->metrics_addr.text);
+	}
+	ctx->metrics_addr = cfg->metrics_addr;
 	signal(SIGPIPE, SIG_IGN);
 	for (i = 0; i < sizeof(signums) / sizeof(signums[0]); i++) {
 		uv_signal_init(uv_default_loop(), &m.sig[i]);
@@ -239,6 +272,9 @@ run(struct proxy_ctx *ctx)
 	uv_run(uv_default_loop(), UV_RUN_DEFAULT);
 	for (i = 0; i < ctx->nworkers; i++)
 		worker_join(&ctx->workers[i]);
+	/* Scrapes are answered until every worker has drained. */
+	metrics_http_stop(ctx->metrics_http);
+	metrics_free(ctx->metrics);
 	uv_loop_close(uv_default_loop());
 	log_info("smtpgate stopped: %llu transactions relayed",
 	    (unsigned long long)atomic_load(&ctx->ntx));

@@ -27,6 +27,7 @@
 #include "filter.h"
 #include "gate.h"
 #include "log.h"
+#include "metrics.h"
 #include "policy.h"
 #include "proxy_proto.h"
 #include "ratelimit.h"
@@ -65,6 +66,13 @@ enum fly_kind {
 	F_RSET,		/* relay */
 	F_RSET_QUIET,	/* our own RSET (client's EHLO mid-transaction) */
 	F_EXPN		/* relay */
+};
+
+/* The command= label of each kind's reply latency. */
+static const enum metrics_cmd smtp_fly_cmd[] = {
+	[F_MAIL] = MX_CMD_MAIL, [F_RCPT] = MX_CMD_RCPT, [F_DATA] = MX_CMD_DATA,
+	[F_DOT] = MX_CMD_DOT, [F_RSET] = MX_CMD_OTHER,
+	[F_RSET_QUIET] = MX_CMD_OTHER, [F_EXPN] = MX_CMD_OTHER,
 };
 
 enum tx_abort {
@@ -151,6 +159,9 @@ struct smtp_tx {
 						 * line (or none was scanned) */
 	struct smtp_hdr		hdr;		/* header stage */
 	uint64_t		started;	/* uv_now() at MAIL */
+	int			status;		/* its final reply code: to its
+						 * data, or a refused MAIL (0:
+						 * none yet), for the metrics */
 	int			has_sender;	/* sender holds from, parsed */
 	struct smtp_path	sender;		/* from, parsed once at MAIL for
 						 * the filters of the later
@@ -177,6 +188,7 @@ struct smtp_session {
 	const struct cfg_listen	*lsn;		/* the listener's settings, in cfg
 						 * (a plain one when a reload
 						 * moved the listeners) */
+	unsigned		 lsn_idx;	/* the listener's index */
 	struct tlsio		*tls;		/* TLS, or NULL while plaintext */
 	char			*tls_wbuf;	/* ciphertext of the pending client
 						 * write (malloc'd), or NULL */
@@ -218,6 +230,8 @@ struct smtp_session {
 	size_t			 in_start;	/* first unconsumed byte */
 	size_t			 in_end;	/* end of input read */
 	uint8_t			 fly[FLY_MAX];	/* enum fly_kind, a ring */
+	uint64_t		 fly_t[FLY_MAX];	/* uv_hrtime() when each
+						 * was sent */
 	uint32_t		 fly_gen[FLY_MAX];	/* tx_gen when each was
 						 * sent: a reply concerns the
 						 * current transaction only if
@@ -277,6 +291,7 @@ smtp_out(struct smtp_session *s, const char *buf, size_t len)
 		fatalx("%s: no room for %zu bytes", __func__, len);
 	memcpy(s->out + s->out_len, buf, len);
 	s->out_len += len;
+	metrics_reply(buf[0] - '0');
 	log_debug("session=%s > %.*s", s->idstr,
 	    (int)(len > 2 ? len - 2 : len), buf);
 }
@@ -341,6 +356,7 @@ smtp_fly_push(struct smtp_session *s, enum fly_kind k)
 		fatalx("%s: ring full", __func__);
 	s->fly[i] = (uint8_t)k;
 	s->fly_gen[i] = s->tx_gen;
+	s->fly_t[i] = uv_hrtime();
 	if (s->fly_n++ == 0 && s->be != NULL)
 		be_expect_reply(s->be, smtp_fly_timeout(s));
 }
@@ -398,6 +414,7 @@ smtp_tx_log(struct smtp_session *s, int status, const char *reply, size_t len)
 	    (double)(uv_now(&s->w->loop) - s->tx.started) / 1000.0);
 	s->ntx++;
 	atomic_fetch_add(&s->w->ctx->ntx, 1);
+	s->tx.status = status;
 }
 
 /* Returns p moved from the n octets at old to the same place at new; a
@@ -447,6 +464,8 @@ smtp_tx_sender(struct smtp_session *s)
 static void
 smtp_tx_clear(struct smtp_session *s)
 {
+	if (s->tx.started != 0)
+		metrics_tx_end(s->tx.status);
 	s->tx_gen++;
 	free(s->tx.hdr.buf);
 	memset(&s->tx, 0, offsetof(struct smtp_tx, from));
@@ -1430,6 +1449,7 @@ smtp_data_abort(struct smtp_session *s)
 		refuse = s->flt.res.verdict == FLT_REFUSE;
 		s->out_len += (size_t)snprintf(s->out + s->out_len,
 		    OUT_SIZE - s->out_len, "%03d %s\r\n", code, s->flt.res.reply);
+		metrics_reply(code / 100);
 		flt_run_reset(&s->flt);
 	} else {
 		enum smtp_reply_id id = s->tx.abort == TX_BACKEND ?
@@ -1552,6 +1572,7 @@ smtp_data_step(struct smtp_session *s)
 		fwd -= 3;	/* ".\r\n" waits for the end-of-data stage */
 	if (s->tx.abort == TX_OK && !s->tx.hdr.body)
 		smtp_hdr_feed(s, p, done ? n - 3 : n);
+	metrics_data_bytes(was_ok && s->be != NULL ? fwd : 0);
 	if (was_ok && fwd > 0 && s->be != NULL &&
 	    be_write_data(s->be, p, fwd) != 0) {
 		/* A backend that takes no data for this long has failed. */
@@ -2378,11 +2399,14 @@ smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
 		if (!smtp_out_room(s, len))
 			return -1;
 	}
+	metrics_be_reply(smtp_fly_cmd[k], s->fly_t[s->fly_head]);
 	smtp_fly_pop(s, &gen);
 	switch (k) {
 	case F_MAIL:
-		if (code / 100 != 2 && s->state == S_MAIL && gen == s->tx_gen)
+		if (code / 100 != 2 && s->state == S_MAIL && gen == s->tx_gen) {
+			s->tx.status = code;	/* refused: it ends here */
 			smtp_tx_clear(s);
+		}
 		break;
 	case F_RCPT:
 		if (gen != s->tx_gen)
@@ -2545,6 +2569,8 @@ smtp_free(struct smtp_session *s)
 		s->next->prev = s->prev;
 	if (s->in != NULL)
 		smtp_in_release(s);
+	if (s->tx.started != 0)		/* the client left mid-transaction */
+		metrics_tx_end(s->tx.status);
 	free(s->tx.hdr.buf);
 	free(s->tls_wbuf);
 	tlsio_free(s->tls);
@@ -2553,6 +2579,7 @@ smtp_free(struct smtp_session *s)
 		    (const struct sockaddr *)&s->ss);
 	config_unref(s->cfg);
 	atomic_fetch_sub(&w->ctx->nconns, 1);
+	metrics_conn_close(s->lsn_idx);
 	free(s);
 	worker_session_gone(w);
 }
@@ -2780,7 +2807,8 @@ smtp_session_accept(struct worker *w, uv_os_sock_t fd, unsigned listener)
 	s->nopen = 2;
 	s->w = w;
 	s->cfg = config_ref(w->cfg);
-	s->lsn = smtp_listener(w, s->cfg, listener);
+	s->lsn_idx = listener;
+	s->lsn = smtp_listener(w, s->cfg, s->lsn_idx);
 	s->fly_fail = -1;
 	s->flt.owner = s;
 	s->flt.resumed = smtp_flt_resumed_cb;
@@ -2795,6 +2823,7 @@ smtp_session_accept(struct worker *w, uv_os_sock_t fd, unsigned listener)
 	w->sessions = s;
 	w->nsessions++;
 	n = atomic_fetch_add(&w->ctx->nconns, 1) + 1;
+	metrics_conn_open(s->lsn_idx);
 	if (uv_tcp_open(&s->tcp, fd) < 0) {
 		close(fd);
 		smtp_close(s, "accept failed");

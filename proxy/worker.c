@@ -14,6 +14,7 @@
 
 #include "gate.h"
 #include "log.h"
+#include "metrics.h"
 #include "policy.h"
 #include "ratelimit.h"
 #include "smtp_reply.h"
@@ -108,9 +109,11 @@ worker_refuse(struct worker *w, unsigned idx, int fd)
 
 	if (l != NULL && l->tls != CFG_TLS_IMPLICIT && !l->proxy_protocol &&
 	    (len = smtp_reply_format(msg, sizeof(msg), RPL_TOO_MANY_CONN,
-	    w->cfg->hostname)) > 0)
+	    w->cfg->hostname)) > 0) {
 		/* A new socket's send buffer is empty: this never blocks. */
 		(void)send(fd, msg, len, MSG_NOSIGNAL);
+		metrics_reply(4);
+	}
 	close(fd);
 }
 
@@ -369,6 +372,7 @@ worker_main(void *arg)
 	unsigned	 i;
 	int		 r;
 
+	metrics_bind(w->ctx->metrics, w->idx);
 	worker_rl_open(w);
 	for (i = 0; i < w->nlisteners; i++) {
 		w->bound[i] = w->cfg->listen[i].addr;

@@ -631,6 +631,7 @@ class Gateway:
         self.proc = None
         self.port = None   # the first listener's port
         self.ports = []    # every listener's port, in config order
+        self.metrics_port = None  # metrics: address's port (with metrics:)
         self.logf = None
         self.terminating = False  # SIGTERM sent
         self.reported = False     # stop() raised on a sanitizer report
@@ -650,6 +651,9 @@ class Gateway:
                 ls = cfg.get("listen") or [{}]
                 cfg["listen"] = [dict(lst, address="127.0.0.1:%d" % port)
                                  for lst, port in zip(ls, self.ports)]
+            if self.metrics_port is not None and cfg.get("metrics") is not None:
+                cfg["metrics"] = dict(cfg["metrics"],
+                                      address="127.0.0.1:%d" % self.metrics_port)
             text = to_yaml(cfg) + "\n"
         tmp = self.config_path + ".tmp"
         with open(tmp, "w") as f:
@@ -684,6 +688,9 @@ class Gateway:
         for attempt in range(3):
             self.ports = [free_port() for _ in self.config.get("listen") or [{}]]
             self.port = self.ports[0]
+            if self.config.get("metrics") is not None:
+                # With a metrics: section, the endpoint gets a free port too.
+                self.metrics_port = free_port()
             self.write_config()
             self.logf = open(self.log_path, "ab")
             self.terminating = False
@@ -876,6 +883,10 @@ class Gateway:
     @property
     def addr(self):
         return "127.0.0.1:%d" % self.port
+
+    def metrics_url(self, path="/metrics"):
+        """The URL of the metrics endpoint (a config with metrics:)."""
+        return "http://127.0.0.1:%d%s" % (self.metrics_port, path)
 
 
 # ---------------------------------------------------------------------------

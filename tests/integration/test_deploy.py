@@ -250,6 +250,20 @@ class RunLocalServing(unittest.TestCase):
         keys = redis_command(self.redis_port, "KEYS", "smtpgate:*")
         self.assertTrue(any(b"msgs-per-ip" in k and b"127.0.0.1" in k for k in keys), keys)
 
+    def test_metrics_endpoint(self):
+        # smtpgate.yaml's metrics: address, moved to 127.0.0.1 and a free port.
+        import urllib.request
+        port = int(re.search(r"^metrics\s+127\.0\.0\.1:(\d+)", self.text(), re.M).group(1))
+        c = self.client(self.smtp_port)
+        c.expect(221, line="QUIT")
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
+            self.assertEqual(r.status, 200)
+            text = r.read().decode()
+        m = re.search(r'^smtpgate_connections_total\{listener="127\.0\.0\.1:%d"\} (\d+)$'
+                      % self.smtp_port, text, re.M)
+        self.assertIsNotNone(m, text[:2000])
+        self.assertGreaterEqual(int(m.group(1)), 1)
+
 
 def _plain(user, password):
     """The AUTH PLAIN initial response for user and password."""

@@ -243,6 +243,19 @@ class ScaleOut(unittest.TestCase):
         wait_until(lambda: "PROXY header from 127.0.0.7 refused: not in proxy_from"
                    in self.gate_log(0), 10, "the refusal in gate1's log")
 
+    def test_each_gateway_serves_its_metrics(self):
+        import urllib.request
+        urls = re.search(r"^metrics\s+(\S+) \(gate1\) (\S+) \(gate2\)$", self.text(),
+                         re.M).groups()
+        self.assertNotEqual(urls[0], urls[1])
+        for url in urls:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                text = r.read().decode()
+            # haproxy's health checks reach each gateway on its check port.
+            m = re.search(r'^smtpgate_connections_total\{listener="127\.0\.0\.1:\d+"\} '
+                          r'([1-9]\d*)$', text, re.M)
+            self.assertIsNotNone(m, "%s:\n%s" % (url, text[:1500]))
+
     def test_global_rate_limit_over_both_gateways(self):
         # 2 x LIMIT connections open at once: haproxy (leastconn) spreads
         # them over the gateways.  Each says MAIL once; the limit counts in
