@@ -91,6 +91,7 @@ check_defaults(const struct config *c)
 	CHECK(c->max_line_length == 512);
 	CHECK(c->max_connections == 1000);
 	CHECK(c->max_errors == 10);
+	CHECK(c->min_data_rate == 500);
 	CHECK(c->to_command == 300000 && c->to_data == 180000);
 	CHECK(c->to_drain == 30000);
 	CHECK(c->to_be_connect == 30000 && c->to_be_greeting == 300000);
@@ -162,6 +163,7 @@ check_every_key(const struct config *c)
 	CHECK(c->max_line_length == 65536);
 	CHECK(c->max_connections == 5);
 	CHECK(c->max_errors == 3);
+	CHECK(c->min_data_rate == 0);
 	CHECK(c->to_command == 600000 && c->to_data == 240000);
 	CHECK(c->to_drain == 0);
 	CHECK(c->smtp_expn == true && c->smtp_reverse_dns == false);
@@ -226,6 +228,7 @@ static const struct valid_case {
 	  "  max_line_length: 65536\n"
 	  "  max_connections: 5\n"
 	  "  max_errors: 3\n"
+	  "  min_data_rate: 0\n"
 	  "timeouts:\n"
 	  "  command: 10m\n"
 	  "  data: 4M\n"
@@ -264,7 +267,7 @@ static const struct err_case {
 	  { "6:3: limits.max_recipent: unknown setting (known here: "
 	    "max_message_size, max_recipients, max_line_length, "
 	    "max_connections, max_errors, max_connections_per_client, "
-	    "max_failures_per_client, failure_window)\n",
+	    "max_failures_per_client, failure_window, min_data_rate)\n",
 	    "7:1: colour: unknown setting (known here: hostname, workers," } },
 	{ "control characters in a key", BASE
 	  "\"a\\nb\\e[31m\": 1\n",
