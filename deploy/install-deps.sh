@@ -6,6 +6,8 @@ set -eu
 pkgs="build-essential cmake pkg-config python3 libuv1-dev libssl-dev
       libpcre2-dev libhiredis-dev libyaml-dev libcrypt-dev redis-server postfix
       swaks libnet-ssleay-perl haproxy libmicrohttpd-dev"
+# tests/fuzz: clang and libFuzzer (-fsanitize=fuzzer).
+pkgs="$pkgs clang libclang-rt-14-dev"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||

@@ -10,13 +10,23 @@
 : "${deploy:?deploy/lib.sh needs \$deploy, the deploy/ directory}"
 
 # free_ports N: prints N distinct ports of 127.0.0.1 free right now (bound
-# together, so distinct).
+# together, so distinct).  They are picked at random below the kernel's
+# ephemeral range (32768-60999 by default): a port that bind(0) handed out
+# and we released can be taken by any outgoing connection before our
+# server binds it.
 free_ports() {
 	python3 -c '
-import socket, sys
-ss = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in ss:
-    s.bind(("127.0.0.1", 0))
+import random, socket, sys
+rng = random.SystemRandom()
+ss = []
+while len(ss) < int(sys.argv[1]):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", rng.randint(15000, 32767)))
+    except OSError:
+        s.close()
+        continue
+    ss.append(s)
 print(*[s.getsockname()[1] for s in ss])' "$1"
 }
 

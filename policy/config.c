@@ -167,6 +167,7 @@ static const struct cfg_key limits_keys[] = {
 	    UINT_MAX),
 	KV("max_failures_per_client", CT_UINT, max_failures, 0, UINT_MAX),
 	KV("failure_window",	CT_DURATION, failure_window, 1, DAY),
+	KV("min_data_rate",	CT_UINT, min_data_rate,    0, UINT_MAX),
 	KEND
 };
 
@@ -926,6 +927,7 @@ config_defaults(struct config *cfg)
 	cfg->max_line_length = 512;
 	cfg->max_connections = 1000;
 	cfg->max_errors = 10;
+	cfg->min_data_rate = 500;
 	cfg->to_command = 5 * 60 * 1000;
 	cfg->to_data = 3 * 60 * 1000;
 	cfg->to_drain = 30 * 1000;

@@ -111,6 +111,9 @@ struct config {
 						 * address per failure_window
 						 * (0: none) */
 	unsigned	 failure_window;	/* limits: failure_window (ms) */
+	unsigned	 min_data_rate;		/* limits: min_data_rate, bytes/s a
+						 * client sends message data at,
+						 * at least (0: none) */
 
 	/* redis: (without it, rate limits are kept in process) */
 	struct cfg_addr	 redis_addr;		/* address: (sslen 0: no redis:) */

@@ -3,12 +3,16 @@
  * collection, node descriptions, reading and parsing a file, map keys.
  */
 
+#include <sys/stat.h>
+
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include <yaml.h>
 
@@ -84,6 +88,18 @@ yu_errcmp(const void *a, const void *b)
 	return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
+/*
+ * Writes s to f with control characters (and DEL) as '?': a file name or
+ * a YAML value may hold any of them ("\n" in a double-quoted key), and an
+ * error must stay on its one line and not drive the reader's terminal.
+ */
+static void
+yu_putclean(FILE *f, const char *s)
+{
+	for (; *s != '\0'; s++)
+		putc((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s, f);
+}
+
 char *
 yu_errtext(struct yu_errs *errs)
 {
@@ -97,11 +113,12 @@ yu_errtext(struct yu_errs *errs)
 		yu_oom();
 	for (i = 0; i < errs->n; i++) {
 		e = &errs->v[i];
+		yu_putclean(f, e->file);
 		if (e->line)
-			fprintf(f, "%s:%zu:%zu: %s\n", e->file, e->line,
-			    e->col, e->msg);
-		else
-			fprintf(f, "%s: %s\n", e->file, e->msg);
+			fprintf(f, ":%zu:%zu", e->line, e->col);
+		fputs(": ", f);
+		yu_putclean(f, e->msg);
+		putc('\n', f);
 		free(e->msg);
 	}
 	if (fclose(f) != 0 || text == NULL)
@@ -168,12 +185,33 @@ yu_scalar(struct yu_errs *errs, const yaml_node_t *v, const char *path,
 char *
 yu_read(const char *path, size_t max, size_t *len, char *why, size_t whysize)
 {
-	FILE	*f;
-	char	*buf;
-	size_t	 n;
+	struct stat	 st;
+	FILE		*f;
+	char		*buf;
+	size_t		 n;
+	int		 fd;
 
-	if ((f = fopen(path, "r")) == NULL) {
+	/*
+	 * O_NONBLOCK and the S_ISREG check: a FIFO or a terminal named as
+	 * a policy file or include would block the (re)load forever.
+	 */
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) == -1) {
 		snprintf(why, whysize, "cannot open: %s", strerror(errno));
+		return NULL;
+	}
+	if (fstat(fd, &st) == -1) {
+		snprintf(why, whysize, "cannot stat: %s", strerror(errno));
+		close(fd);
+		return NULL;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		snprintf(why, whysize, "not a regular file");
+		close(fd);
+		return NULL;
+	}
+	if ((f = fdopen(fd, "r")) == NULL) {
+		snprintf(why, whysize, "cannot open: %s", strerror(errno));
+		close(fd);
 		return NULL;
 	}
 	if ((buf = malloc(max + 1)) == NULL)

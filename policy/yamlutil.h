@@ -66,7 +66,8 @@ void yu_verror(struct yu_errs *errs, const yaml_mark_t *mark,
 /*
  * Returns every error as one malloc'd text that the caller frees, one
  * "FILE:LINE:COL: message\n" line each ("FILE: message\n" for a whole
- * file), in file order.  Empties errs.
+ * file), in file order.  Control characters in FILE and message are
+ * shown as '?', so each error is one line.  Empties errs.
  */
 char *yu_errtext(struct yu_errs *errs);
 

@@ -163,6 +163,18 @@ load_errcmp(const void *a, const void *b)
 }
 
 /*
+ * Writes s to f with control characters (and DEL) as '?', so that a file
+ * name holding a line break or an escape sequence cannot split an error
+ * line or drive the reader's terminal.
+ */
+static void
+put_clean(FILE *f, const char *s)
+{
+	for (; *s != '\0'; s++)
+		putc((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s, f);
+}
+
+/*
  * Returns every error as one malloc'd text, "FILE:LINE:COL: message\n"
  * each, in file order, and frees them.
  */
@@ -179,11 +191,12 @@ load_errtext(struct load_ctx *c)
 		oom();
 	for (i = 0; i < c->nerrs; i++) {
 		e = &c->errs[i];
+		put_clean(f, c->path);
 		if (e->line)
-			fprintf(f, "%s:%zu:%zu: %s\n", c->path, e->line,
-			    e->col, e->msg);
-		else
-			fprintf(f, "%s: %s\n", c->path, e->msg);
+			fprintf(f, ":%zu:%zu", e->line, e->col);
+		fputs(": ", f);
+		put_clean(f, e->msg);
+		putc('\n', f);
 		free(e->msg);
 	}
 	if (fclose(f) != 0 || text == NULL)

@@ -184,7 +184,8 @@ struct auth_db;
  * failure returns NULL and sets *errors to a malloc'd text that the caller
  * frees, with one "FILE:LINE:COL: message\n" line per problem (all of
  * them, in file order), or a single "FILE: message\n" when the file
- * cannot be read.  Messages never quote a hash.
+ * cannot be read.  Messages never quote a hash, and control characters
+ * (in FILE too) are shown as '?'.
  *
  * As it runs crypt(3) once per kind and cost in the file, this takes as
  * long as a login or a few: not for the loop thread either.  The db never

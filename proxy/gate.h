@@ -60,12 +60,26 @@ struct worker {
 	int			 exited;	/* the async handle is closed */
 	struct config		*cfg;		/* config new sessions start with */
 	uv_os_sock_t		 fds[CFG_MAX_LISTEN];	/* bound sockets, by main */
-	uv_tcp_t		 listeners[CFG_MAX_LISTEN];
+	uv_poll_t		 listeners[CFG_MAX_LISTEN];	/* readiness
+						 * of fds[]: we accept(2)
+						 * ourselves, to answer and
+						 * pause when out of file
+						 * descriptors */
 	struct cfg_addr		 bound[CFG_MAX_LISTEN];	/* each listener's
 						 * address, from the config the
 						 * worker started with */
 	unsigned		 nlisteners;
 	uv_timer_t		 drain_timer;	/* shutdown: drain deadline */
+	uv_timer_t		 accept_timer;	/* ends a pause in accepting */
+	int			 accept_paused;	/* listeners stopped: out of
+						 * file descriptors */
+	int			 fd_limit;	/* RLIMIT_NOFILE (0: none): an
+						 * accepted descriptor within
+						 * FD_SPARE of it is refused */
+	int			 fd_short;	/* the last one was refused */
+	int			 reserve_fd;	/* /dev/null, kept open to be
+						 * closed when out of file
+						 * descriptors, or -1 */
 	int			 draining;	/* shutdown in progress */
 	struct smtp_session	*sessions;	/* every open session */
 	unsigned		 nsessions;

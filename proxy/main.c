@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -82,6 +83,34 @@ bind_listener(const struct cfg_addr *a, uv_os_sock_t *fd)
 	}
 	*fd = s;
 	return 0;
+}
+
+/*
+ * Raises the soft limit on open files toward what max_connections needs (a
+ * client and a backend connection per session, and some to spare), as far
+ * as the hard limit allows; warns when that is not enough.  Past the limit
+ * connections get 421 (see worker.c), never a spinning loop.
+ */
+static void
+raise_nofile(const struct config *cfg)
+{
+	struct rlimit	rl;
+	rlim_t		want = (rlim_t)cfg->max_connections * 2 + 64;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+		rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ||
+		    rl.rlim_max > want ? want : rl.rlim_max;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+		(void)getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
+		log_warn("the open files limit is %llu: max_connections %u "
+		    "needs about %llu; past it connections get 421 (raise the "
+		    "hard limit: ulimit -Hn, LimitNOFILE=)",
+		    (unsigned long long)rl.rlim_cur, cfg->max_connections,
+		    (unsigned long long)want);
 }
 
 struct main_state {
@@ -201,6 +230,7 @@ run(struct proxy_ctx *ctx)
 			}
 		}
 	}
+	raise_nofile(cfg);
 	for (j = 0; j < cfg->nlisten; j++)
 		names[j] = cfg->listen[j].addr.text;
 	if ((ctx->metrics = metrics_new(ctx->nworkers, names, cfg->nlisten)) ==

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "auth.h"
 #include "backend.h"
@@ -36,6 +37,9 @@
 #include "tlsio.h"
 
 #define OUT_SIZE	2048	/* replies waiting to be written */
+#define IN_SMALL	1024	/* a partial command line waiting between
+				 * reads moves to a buffer this small (else
+				 * IOBUF_SIZE, from the worker's pool) */
 #define REPLY_RESERVE	1024	/* room a command needs for its replies */
 #define FLY_MAX		32	/* commands in flight at the backend */
 
@@ -231,13 +235,24 @@ struct smtp_session {
 	unsigned		 auth_fails;	/* failed AUTH attempts */
 	int			 auth_ok;	/* AUTH_DONE: 1 accepted, 0 refused,
 						 * -1 the check failed */
+	uint64_t		 line_since;	/* uv_now() when the input last
+						 * held no partial command
+						 * line: the one being read is
+						 * due by this +
+						 * timeouts.command */
+	uint64_t		 data_due;	/* in DATA: uv_now() by which
+						 * more data must have come, at
+						 * limits.min_data_rate */
 	uint64_t		 deadline;	/* uv_now() by which the TLS
 						 * handshake or the PROXY header
 						 * must be done */
 	char			 auth_name[AUTH_FIELD_MAX + 1];	/* AUTH LOGIN:
 						 * the user name given */
 	struct be_conn		*be;		/* backend connection, or NULL */
-	char			*in;		/* pooled input buffer, or NULL */
+	char			*in;		/* input buffer, or NULL */
+	size_t			 in_size;	/* its size: IOBUF_SIZE (from the
+						 * worker's pool) or IN_SMALL
+						 * (malloc'd) */
 	size_t			 in_start;	/* first unconsumed byte */
 	size_t			 in_end;	/* end of input read */
 	uint8_t			 fly[FLY_MAX];	/* enum fly_kind, a ring */
@@ -1865,8 +1880,46 @@ smtp_want_input(const struct smtp_session *s)
 {
 	return !(s->flags & (SF_CLOSE_AFTER | SF_OUT_WRITING | SF_EOF)) &&
 	    !(s->be != NULL && be_busy(s->be)) &&
-	    (s->in == NULL || s->in_end < IOBUF_SIZE ||
-	    (s->in_start > 0 && !(s->flags & SF_PINNED)));
+	    (s->in == NULL || s->in_end < s->in_size ||
+	    ((s->in_start > 0 || s->in_size < IOBUF_SIZE) &&
+	    !(s->flags & SF_PINNED)));
+}
+
+/* Gives the input buffer back (to the pool, or to free()). */
+static void
+smtp_in_release(struct smtp_session *s)
+{
+	if (s->in_size == IOBUF_SIZE)
+		worker_buf_put(s->w, s->in);
+	else
+		free(s->in);
+	s->in = NULL;
+	s->in_size = s->in_start = s->in_end = 0;
+}
+
+/*
+ * Between events, a pooled input buffer holding only the start of a
+ * command line (no line end: nothing points into it) is traded for a
+ * small one, so that many slow or idle clients do not each hold
+ * IOBUF_SIZE bytes.  Not in DATA, where the next read is likely large.
+ */
+static void
+smtp_in_shrink(struct smtp_session *s)
+{
+	size_t	 n = s->in_end - s->in_start;
+	char	*small;
+
+	if (s->in_size != IOBUF_SIZE || s->state == S_DATA ||
+	    (s->flags & SF_PINNED) || n > IN_SMALL / 2 ||
+	    memchr(s->in + s->in_start, '\n', n) != NULL ||
+	    (small = malloc(IN_SMALL)) == NULL)
+		return;
+	memcpy(small, s->in + s->in_start, n);
+	worker_buf_put(s->w, s->in);
+	s->in = small;
+	s->in_size = IN_SMALL;
+	s->in_start = 0;
+	s->in_end = n;
 }
 
 /*
@@ -1877,19 +1930,33 @@ smtp_want_input(const struct smtp_session *s)
 static size_t
 smtp_in_room(struct smtp_session *s)
 {
-	if (s->in == NULL && (s->in = worker_buf_get(s->w)) == NULL)
-		return 0;
+	char *big;
+
+	if (s->in == NULL) {
+		if ((s->in = worker_buf_get(s->w)) == NULL)
+			return 0;
+		s->in_size = IOBUF_SIZE;
+	}
 	if (!(s->flags & SF_PINNED)) {
 		if (s->in_start == s->in_end) {
 			s->in_start = s->in_end = 0;
-		} else if (s->in_end == IOBUF_SIZE && s->in_start > 0) {
+		} else if (s->in_end == s->in_size && s->in_start > 0) {
 			memmove(s->in, s->in + s->in_start,
 			    s->in_end - s->in_start);
 			s->in_end -= s->in_start;
 			s->in_start = 0;
 		}
+		if (s->in_end == s->in_size && s->in_size < IOBUF_SIZE) {
+			/* A small buffer is full: a pooled one takes over. */
+			if ((big = worker_buf_get(s->w)) == NULL)
+				return 0;
+			memcpy(big, s->in, s->in_end);
+			free(s->in);
+			s->in = big;
+			s->in_size = IOBUF_SIZE;
+		}
 	}
-	return IOBUF_SIZE - s->in_end;
+	return s->in_size - s->in_end;
 }
 
 /* Starts or stops reading, gives an empty buffer back to the pool. */
@@ -1900,11 +1967,11 @@ smtp_update_io(struct smtp_session *s)
 
 	if (s->flags & SF_CLOSING)
 		return;
-	if (s->in != NULL && s->in_start == s->in_end &&
-	    !(s->flags & SF_PINNED)) {
-		worker_buf_put(s->w, s->in);
-		s->in = NULL;
-		s->in_start = s->in_end = 0;
+	if (s->in != NULL && !(s->flags & SF_PINNED)) {
+		if (s->in_start == s->in_end)
+			smtp_in_release(s);
+		else
+			smtp_in_shrink(s);
 	}
 	want = smtp_want_input(s);
 	if (want && !(s->flags & SF_READING)) {
@@ -2114,7 +2181,7 @@ smtp_tls_flush(struct smtp_session *s)
 /* ---- Client I/O ---------------------------------------------------------- */
 
 /*
- * Sets the session's timeout from now (or its fixed deadline).  Called
+ * Sets the session's timeout (below: what each counts from).  Called
  * after every event, so the timer is not restarted each time: while it
  * runs and is due no later than the new timeout, it is left alone, and
  * smtp_timeout_cb() starts it again for what is left when it fires early.
@@ -2130,8 +2197,28 @@ smtp_timer_arm(struct smtp_session *s)
 	if (s->flags & (SF_TLS_HS | SF_PROXY)) {
 		/* A fixed deadline: a trickle of bytes does not extend it. */
 		ms = s->deadline > now ? s->deadline - now : 1;
-	} else
-		ms = s->state == S_DATA ? s->cfg->to_data : s->cfg->to_command;
+	} else if (s->state == S_DATA) {
+		ms = s->cfg->to_data;
+		/* Not reading (the backend is behind): not the client's time. */
+		if (!smtp_want_input(s))
+			s->data_due = now + ms;
+		else if (s->cfg->min_data_rate > 0 && s->data_due < now + ms)
+			ms = s->data_due > now ? s->data_due - now : 1;
+	} else {
+		/*
+		 * A command line must be complete within timeouts.command of
+		 * the time the input last held no part of one: a trickle of
+		 * bytes that never ends the line does not extend it.  Whole
+		 * lines waiting (for the client to read its replies, say)
+		 * keep the usual timeout.
+		 */
+		if (s->in == NULL || s->in_start == s->in_end ||
+		    memchr(s->in + s->in_start, '\n',
+		    s->in_end - s->in_start) != NULL)
+			s->line_since = now;
+		ms = s->line_since + s->cfg->to_command > now ?
+		    s->line_since + s->cfg->to_command - now : 1;
+	}
 	s->timer_due = now + ms;
 	if (uv_is_active((uv_handle_t *)&s->timer) &&
 	    s->timer_fire <= s->timer_due)
@@ -2215,7 +2302,25 @@ smtp_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 	if (smtp_in_room(s) == 0)
 		return;
 	buf->base = s->in + s->in_end;
-	buf->len = IOBUF_SIZE - s->in_end;
+	buf->len = s->in_size - s->in_end;
+}
+
+/*
+ * Message data came: each byte moves the DATA deadline on by 1 /
+ * limits.min_data_rate seconds, never past timeouts.data from now.  A
+ * client trickling data slower than that is cut within about
+ * timeouts.data, whatever it sent before.
+ */
+static void
+smtp_data_credit(struct smtp_session *s, size_t n)
+{
+	uint64_t now = uv_now(&s->w->loop), cap = now + s->cfg->to_data;
+
+	if (s->cfg->min_data_rate == 0)
+		return;
+	s->data_due += (uint64_t)n * 1000 / s->cfg->min_data_rate;
+	if (s->data_due > cap)
+		s->data_due = cap;
 }
 
 static void
@@ -2224,6 +2329,13 @@ smtp_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 	struct smtp_session *s = st->data;
 
 	(void)buf;
+	/*
+	 * Nothing read (an error, EAGAIN): a buffer taken for it goes back at
+	 * once, not when the session next moves or ends.
+	 */
+	if (nread <= 0 && s->in != NULL && s->in_start == s->in_end &&
+	    !(s->flags & SF_PINNED))
+		smtp_in_release(s);
 	if (s->flags & SF_CLOSING)
 		return;
 	if (nread < 0) {
@@ -2250,6 +2362,8 @@ smtp_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 	}
 	if (nread == 0)
 		return;
+	if (s->state == S_DATA)
+		smtp_data_credit(s, (size_t)nread);
 	if (s->tls != NULL) {
 		if (tlsio_feed(s->tls, buf->base, (size_t)nread) < 0) {
 			smtp_close(s, tlsio_error(s->tls));
@@ -2280,6 +2394,9 @@ smtp_timeout_cb(uv_timer_t *t)
 	 */
 	if (!(s->flags & SF_OUT_WRITING) && (s->fly_n > 0 ||
 	    (s->flags & SF_AWAIT) || (s->be != NULL && !be_ready(s->be)))) {
+		/* Time spent waiting for the backend is not the client's. */
+		s->line_since = uv_now(&s->w->loop);
+		s->data_due = s->line_since + s->cfg->to_data;
 		smtp_timer_arm(s);
 		return;
 	}
@@ -2403,6 +2520,7 @@ smtp_be_reply_cb(void *arg, int code, const char *reply, size_t len)
 			memset(&s->tx.scan, 0, sizeof(s->tx.scan));
 			s->tx.bol = 1;
 			smtp_enter_state(s, S_DATA);
+			s->data_due = uv_now(&s->w->loop) + s->cfg->to_data;
 		}
 		break;
 	case F_DOT:
@@ -2545,7 +2663,7 @@ smtp_free(struct smtp_session *s)
 	if (s->next != NULL)
 		s->next->prev = s->prev;
 	if (s->in != NULL)
-		worker_buf_put(w, s->in);
+		smtp_in_release(s);
 	if (s->tx.started != 0)		/* the client left mid-transaction */
 		metrics_tx_end(s->tx.status);
 	free(s->tx.hdr.buf);
@@ -2769,13 +2887,14 @@ smtp_listener(const struct worker *w, const struct config *cfg, size_t idx)
 }
 
 void
-smtp_session_accept(struct worker *w, uv_stream_t *listener)
+smtp_session_accept(struct worker *w, uv_os_sock_t fd, unsigned listener)
 {
 	struct smtp_session	*s;
 	unsigned		 n;
 
 	if ((s = calloc(1, sizeof(*s))) == NULL) {
 		log_error("accept: out of memory");
+		close(fd);
 		return;
 	}
 	uv_tcp_init(&w->loop, &s->tcp);
@@ -2784,7 +2903,7 @@ smtp_session_accept(struct worker *w, uv_stream_t *listener)
 	s->nopen = 2;
 	s->w = w;
 	s->cfg = config_ref(w->cfg);
-	s->lsn_idx = (unsigned)((uv_tcp_t *)listener - w->listeners);
+	s->lsn_idx = listener;
 	s->lsn = smtp_listener(w, s->cfg, s->lsn_idx);
 	s->fly_fail = -1;
 	s->flt.owner = s;
@@ -2801,8 +2920,12 @@ smtp_session_accept(struct worker *w, uv_stream_t *listener)
 	w->nsessions++;
 	n = atomic_fetch_add(&w->ctx->nconns, 1) + 1;
 	metrics_conn_open(s->lsn_idx);
-	if (uv_accept(listener, (uv_stream_t *)&s->tcp) < 0 ||
-	    smtp_peer(s) < 0) {
+	if (uv_tcp_open(&s->tcp, fd) < 0) {
+		close(fd);
+		smtp_close(s, "accept failed");
+		return;
+	}
+	if (smtp_peer(s) < 0) {
 		smtp_close(s, "accept failed");
 		return;
 	}

@@ -16,3 +16,7 @@ cmake --build build-asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	ctest --test-dir build-asan --output-on-failure -j "$jobs"
+
+# The libFuzzer targets of tests/fuzz (clang), 20 seconds each by default:
+# about 3 minutes.
+FUZZ_SECONDS=${FUZZ_SECONDS:-20} tests/fuzz/run.sh

@@ -1,7 +1,14 @@
 #!/usr/bin/env python3
 """Open many idle SMTP connections and hold them (benchmark helper).
 
-Usage: idle_clients.py HOST PORT COUNT [SETUP_TIMEOUT_SECONDS]
+Usage: idle_clients.py [--sources N] [--partial] HOST PORT COUNT [SETUP_TIMEOUT_SECONDS]
+
+--sources N binds the connections to the source addresses 127.0.0.2 to
+127.0.0.N+1 in turn, so that tens of thousands of them do not run out of
+ephemeral ports of one address (loopback HOST only).  --partial sends
+"NOOP" without its line end after each greeting: the server holds the
+start of a command line for every connection (a slow client's state).  The open files limit
+is raised to what COUNT needs, as far as the hard limit allows.
 
 Opens COUNT TCP connections to HOST:PORT (at most 256 connects in progress
 at a time), reads the 220 greeting on each, and then keeps every
@@ -18,6 +25,7 @@ and exits: 0 if every connection was greeted and none was closed by the
 server while held, 1 otherwise.  Python standard library only.
 """
 import errno
+import resource
 import selectors
 import signal
 import socket
@@ -28,11 +36,28 @@ INFLIGHT = 256          # connects in progress at once
 
 
 def main():
-    if len(sys.argv) not in (4, 5):
+    args = sys.argv[1:]
+    nsources, partial = 0, False
+    while args and args[0].startswith("--"):
+        if args[0] == "--sources" and len(args) >= 2:
+            nsources = int(args[1])
+            args = args[2:]
+        elif args[0] == "--partial":
+            partial = True
+            args = args[1:]
+        else:
+            break
+    if len(args) not in (3, 4) or not 0 <= nsources <= 254:
         sys.stderr.write(__doc__)
         return 2
-    host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    setup_timeout = float(sys.argv[4]) if len(sys.argv) == 5 else 120.0
+    host, port, count = args[0], int(args[1]), int(args[2])
+    setup_timeout = float(args[3]) if len(args) == 4 else 120.0
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = count + 64
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
     sel = selectors.DefaultSelector()
     state = {}          # socket -> bytes read so far (greeting pending)
@@ -54,6 +79,13 @@ def main():
         started += 1
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setblocking(False)
+        if nsources:
+            try:
+                s.bind(("127.0.0.%d" % (2 + started % nsources), 0))
+            except OSError:
+                failed += 1
+                s.close()
+                return
         err = s.connect_ex((host, port))
         if err not in (0, errno.EINPROGRESS):
             failed += 1
@@ -85,6 +117,11 @@ def main():
             del state[s]
             if buf.startswith(b"220 "):
                 held.add(s)     # stays registered: EOF means closed
+                if partial:
+                    try:
+                        s.send(b"NOOP")
+                    except OSError:
+                        pass
             else:
                 failed += 1
                 sel.unregister(s)

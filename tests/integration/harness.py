@@ -34,6 +34,7 @@ import hashlib
 import itertools
 import os
 import pwd
+import random
 import re
 import select
 import shutil
@@ -64,8 +65,25 @@ def gateway_bin():
     return os.path.abspath(path)
 
 
+# Listening ports come from below the kernel's ephemeral range
+# (net.ipv4.ip_local_port_range, 32768-60999 by default): a port the kernel
+# handed out for bind(0) and we released can be taken by any outgoing
+# connection before our server binds it, and the tests make thousands.
+PORT_LOW, PORT_HIGH = 15000, 32767
+
+
 def free_port(host="127.0.0.1"):
-    """A TCP port that is free right now (bind port 0, read it, close)."""
+    """A TCP port that is free right now: a random one below the ephemeral
+    range that binds (without SO_REUSEADDR, so not one in TIME_WAIT)."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(PORT_LOW, PORT_HIGH)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -616,7 +634,8 @@ class Gateway:
     to the config, which names it ("policy: policy.yaml", relative to the
     config file)."""
 
-    def __init__(self, backends=(), overrides=None, name="gw", policy=None):
+    def __init__(self, backends=(), overrides=None, name="gw", policy=None, nofile=None):
+        self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) of the process, or None
         self.dir = tempfile.mkdtemp(prefix="smtpgate-%s-" % name)
         _own(self)
         self.config_path = os.path.join(self.dir, "gateway.yaml")
@@ -633,6 +652,7 @@ class Gateway:
         self.metrics_port = None  # metrics: address's port (with metrics:)
         self.logf = None
         self.terminating = False  # SIGTERM sent
+        self.reported = False     # stop() raised on a sanitizer report
 
     # -- config ------------------------------------------------------------
 
@@ -695,7 +715,7 @@ class Gateway:
             self.proc = subprocess.Popen(
                 die_with_us([binary, "-c", self.config_path]), stdin=subprocess.DEVNULL,
                 stdout=self.logf, stderr=subprocess.STDOUT, start_new_session=True,
-                cwd=self.dir)
+                cwd=self.dir, preexec_fn=self._limits if self.nofile else None)
             _register(self.proc)
             try:
                 self._wait_greeting(timeout)
@@ -710,6 +730,25 @@ class Gateway:
                 self.kill()
                 raise
         raise last
+
+    def _limits(self):
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+
+    def cpu_seconds(self):
+        """User + system CPU time the process has used so far (all its
+        threads), from /proc/PID/stat."""
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_kib(self):
+        """Resident set size in KiB, from /proc/PID/status."""
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
 
     def _wait_greeting(self, timeout):
         deadline = time.monotonic() + timeout
@@ -775,6 +814,12 @@ class Gateway:
         if self.logf:
             self.logf.close()
             self.logf = None
+        # A sanitizer report (a leak found at exit, say) fails whoever
+        # stops the gateway, once, whether or not it checks the status.
+        report = None if self.reported else self.sanitizer_report()
+        if report:
+            self.reported = True
+            raise AssertionError("sanitizer report in the gateway log:\n" + report)
         return self.proc.returncode
 
     def kill(self):
@@ -789,10 +834,11 @@ class Gateway:
 
     def cleanup(self):
         """stop() and remove the temp dir."""
-        self.stop()
-        if os.environ.get("SMTPGATE_KEEP_TMP"):
-            return
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            self.stop()
+        finally:
+            if not os.environ.get("SMTPGATE_KEEP_TMP"):
+                shutil.rmtree(self.dir, ignore_errors=True)
 
     SANITIZER_RX = re.compile(r"ERROR: (Address|Leak|Thread)Sanitizer|runtime error: ")
 
@@ -808,7 +854,7 @@ class Gateway:
         way."""
         try:
             status = self.stop()
-            report = self.sanitizer_report()
+            report = None if self.reported else self.sanitizer_report()
             if report:
                 raise AssertionError("sanitizer report in the gateway log:\n" + report)
             if status not in (0, None):

@@ -705,6 +705,16 @@ test_db_errors(void)
 	CHECK(db == NULL && errors != NULL &&
 	    strcmp(errors + strlen(tmpdir), ": not a regular file\n") == 0);
 	free(errors);
+
+	/* Control characters in the file name are shown as '?'. */
+	snprintf(path, sizeof(path), "%s/no\nsuch\033[1m", tmpdir);
+	db = auth_db_load(path, &errors);
+	snprintf(path, sizeof(path), "%s/no?such?[1m", tmpdir);
+	CHECKF(db == NULL && errors != NULL &&
+	    strncmp(errors, path, strlen(path)) == 0 &&
+	    strcmp(errors + strlen(path),
+	    ": cannot open: No such file or directory\n") == 0, "%s", errors);
+	free(errors);
 }
 
 /* A thread checking passwords against a shared db. */

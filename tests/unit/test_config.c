@@ -91,6 +91,7 @@ check_defaults(const struct config *c)
 	CHECK(c->max_line_length == 512);
 	CHECK(c->max_connections == 1000);
 	CHECK(c->max_errors == 10);
+	CHECK(c->min_data_rate == 500);
 	CHECK(c->to_command == 300000 && c->to_data == 180000);
 	CHECK(c->to_drain == 30000);
 	CHECK(c->to_be_connect == 30000 && c->to_be_greeting == 300000);
@@ -162,6 +163,7 @@ check_every_key(const struct config *c)
 	CHECK(c->max_line_length == 65536);
 	CHECK(c->max_connections == 5);
 	CHECK(c->max_errors == 3);
+	CHECK(c->min_data_rate == 0);
 	CHECK(c->to_command == 600000 && c->to_data == 240000);
 	CHECK(c->to_drain == 0);
 	CHECK(c->smtp_expn == true && c->smtp_reverse_dns == false);
@@ -226,6 +228,7 @@ static const struct valid_case {
 	  "  max_line_length: 65536\n"
 	  "  max_connections: 5\n"
 	  "  max_errors: 3\n"
+	  "  min_data_rate: 0\n"
 	  "timeouts:\n"
 	  "  command: 10m\n"
 	  "  data: 4M\n"
@@ -264,8 +267,11 @@ static const struct err_case {
 	  { "6:3: limits.max_recipent: unknown setting (known here: "
 	    "max_message_size, max_recipients, max_line_length, "
 	    "max_connections, max_errors, max_connections_per_client, "
-	    "max_failures_per_client, failure_window)\n",
+	    "max_failures_per_client, failure_window, min_data_rate)\n",
 	    "7:1: colour: unknown setting (known here: hostname, workers," } },
+	{ "control characters in a key", BASE
+	  "\"a\\nb\\e[31m\": 1\n",
+	  { "5:1: a?b?[31m: unknown setting (known here: hostname," } },
 	{ "list where a map is expected", BASE
 	  "limits: [1, 2]\n"
 	  "smtp:\n"
@@ -606,7 +612,22 @@ test_files(void)
 	CHECKF(errs != NULL && strcmp(errs, want) == 0, "%s", errs);
 	free(errs);
 	CHECK(config_load(tmpdir, &errs) == NULL);
-	CHECK(errs != NULL && strstr(errs, ": cannot read: ") != NULL);
+	CHECK(errs != NULL && strstr(errs, ": not a regular file") != NULL);
+	free(errs);
+	/* A FIFO with no writer: refused at once, not waited on. */
+	snprintf(cfgfile, sizeof(cfgfile), "%s/fifo.yaml", tmpdir);
+	CHECK(mkfifo(cfgfile, 0600) == 0);
+	CHECK(config_load(cfgfile, &errs) == NULL);
+	CHECKF(errs != NULL && strstr(errs, "fifo.yaml: not a regular file\n")
+	    != NULL, "%s", errs);
+	free(errs);
+	unlink(cfgfile);
+	/* Control characters in the name: one line, shown as '?'. */
+	snprintf(want, sizeof(want), "%s/no?such?[1m.yaml: cannot open: No "
+	    "such file or directory\n", tmpdir);
+	snprintf(cfgfile, sizeof(cfgfile), "%s/no\nsuch\033[1m.yaml", tmpdir);
+	CHECK(config_load(cfgfile, &errs) == NULL);
+	CHECKF(errs != NULL && strcmp(errs, want) == 0, "%s", errs);
 	free(errs);
 	config_unref(NULL);
 }

@@ -659,6 +659,10 @@ static const struct err_case {
 	  "---\n"
 	  "source_routes: strip\n",
 	  { "3:1: only one YAML document is allowed\n" } },
+	{ "control characters in a key",
+	  "\"a\\nb\\e[31m\": 1\n",
+	  { "1:1: a?b?[31m: unknown setting (known here: include, relay, "
+	    "source_routes, refuse_clients, rules, filters, rate_limits)\n" } },
 	{ "bad include entries",
 	  "include: ['', [a]]\n",
 	  { "1:11: include[0]: expected a file name, got \"\"\n",
@@ -792,7 +796,7 @@ static const struct include_case {
 	{ "nowhere.yaml",
 	  { DATA "nowhere.yaml: cannot open: No such file or directory\n" } },
 	{ "include",
-	  { DATA "include: cannot read: Is a directory\n" } },
+	  { DATA "include: not a regular file\n" } },
 };
 
 /* The include fixtures: merge order, and each include error. */
@@ -814,6 +818,54 @@ test_includes(void)
 		policy_unref(pol);
 		check_errors(t->file, path, errs, t->want, NELEM(t->want), 0);
 	}
+}
+
+/*
+ * Control characters in file names, the loaded file's and an included
+ * one's, are shown as '?' so that each error stays on one line.
+ */
+static void
+test_control_names(void)
+{
+	struct policy	*pol;
+	char		*errs, want[3 * PATH_MAX], text[64];
+
+	errs = NULL;
+	pol = policy_load(tmp("no\nsuch\033[1m.yaml"), &errs);
+	snprintf(want, sizeof(want), "%s/no?such?[1m.yaml: cannot open: No "
+	    "such file or directory\n", tmpdir);
+	CHECKF(pol == NULL && errs != NULL && strcmp(errs, want) == 0, "%s",
+	    errs);
+	free(errs);
+
+	snprintf(text, sizeof(text), "include: [\"x\\ty\\r\"]\n");
+	write_file(polfile, text, strlen(text));
+	errs = NULL;
+	pol = policy_load(polfile, &errs);
+	snprintf(want, sizeof(want), "%s:1:11: include[0]: %s/x?y?: cannot "
+	    "open: No such file or directory\n", polfile, tmpdir);
+	CHECKF(pol == NULL && errs != NULL && strcmp(errs, want) == 0, "%s",
+	    errs);
+	free(errs);
+}
+
+/* A FIFO named as an include is refused, not waited on for ever. */
+static void
+test_fifo_include(void)
+{
+	struct policy	*pol;
+	char		*errs = NULL, want[3 * PATH_MAX], text[64];
+
+	CHECK(mkfifo(tmp("pipe.yaml"), 0600) == 0);
+	snprintf(text, sizeof(text), "include: [pipe.yaml]\n");
+	write_file(polfile, text, strlen(text));
+	pol = policy_load(polfile, &errs);
+	snprintf(want, sizeof(want), "%s:1:11: include[0]: %s/pipe.yaml: not "
+	    "a regular file\n", polfile, tmpdir);
+	CHECKF(pol == NULL && errs != NULL && strcmp(errs, want) == 0, "%s",
+	    errs);
+	free(errs);
+	unlink(tmp("pipe.yaml"));
 }
 
 /*
@@ -1097,6 +1149,8 @@ main(void)
 		run_err_case(&err_cases[i]);
 	test_empty();
 	test_includes();
+	test_control_names();
+	test_fifo_include();
 	test_include_depth();
 	test_example();
 	test_prefixes();
