@@ -276,6 +276,12 @@ flt_defer(const struct flt_env *env)
 }
 
 int
+flt_call_waiting(const struct flt_call *call)
+{
+	return call->run != NULL;
+}
+
+int
 flt_resume(struct flt_call *call, const struct flt_result *res)
 {
 	struct flt_run *run = call->run;

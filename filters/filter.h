@@ -180,6 +180,15 @@ void flt_run_abandon(struct flt_run *run);
 struct flt_call *flt_defer(const struct flt_env *env);
 
 /*
+ * Nonzero while the session still waits for call's answer; 0 once the
+ * session (or the stage) went away and the answer would be dropped.
+ * While it is nonzero, what the session's env pointed to (its policy, its
+ * config, its address text) is still valid, so a filter may keep pointers
+ * to it instead of copies and build its answer from them.
+ */
+int flt_call_waiting(const struct flt_call *call);
+
+/*
  * Answers a pending call with res (its verdict must not be FLT_PENDING) and
  * frees the handle.  Safe when the session has ended meanwhile: then the
  * answer is dropped.  Returns 1 when the session took the answer, 0 when it

@@ -20,23 +20,23 @@
 #include "log.h"
 #include "ratelimit.h"
 
-#define RL_NAME_MAX	64	/* rule names kept for the answer */
 #define RL_VALUE_MAX	200	/* longer key values are hashed */
 
-/* An answer the store owes: what the verdict needs, copied. */
+/*
+ * What the verdict needs of a check.  The pointers are the session's (its
+ * policy, config and address): valid while the session waits for the
+ * answer, which rl_done_cb() asks flt_call_waiting() before using them.
+ */
 struct rl_req {
-	struct flt_call	*call;		/* the session's pending call */
+	struct flt_call	*call;		/* the session's pending call, or
+					 * NULL when answered at once */
 	enum flt_stage	 stage;		/* where it was asked */
 	int		 tempfail;	/* on_error: tempfail */
-	char		 host[256];	/* our hostname, for 421 */
-	char		 client[64];	/* the client's address, for 421 */
+	const char	*host;		/* our hostname, for 421 */
+	const char	*client;	/* the client's address, for 421 */
 	size_t		 n;		/* checks asked */
-	enum pol_action	 action[RL_CHECKS_MAX];	/* each check's action */
-	char		 name[RL_CHECKS_MAX][RL_NAME_MAX];	/* each rule */
-	const char	*rule[RL_CHECKS_MAX];	/* each rule's name in the
-						 * policy: valid while the session
-						 * (holding the policy) lives,
-						 * which flt_resume() checks */
+	const struct pol_ratelimit *which[RL_CHECKS_MAX];	/* each check's
+					 * rate limit; NULL: failures */
 };
 
 enum flt_stage
@@ -158,13 +158,17 @@ rl_make(const struct pol_ratelimit *rl, const struct flt_env *env,
 	if ((len = strlen(value)) > RL_VALUE_MAX) {
 		for (at = 0; at < len; at++)
 			h = (h ^ (unsigned char)value[at]) * 1099511628211ull;
-		snprintf(value, sizeof(value), "#%016llx",
+		len = (size_t)snprintf(value, sizeof(value), "#%016llx",
 		    (unsigned long long)h);
 	}
-	c->keylen = (size_t)snprintf(c->key, sizeof(c->key), "rl:%s:%s",
-	    rl->rule.name, value);
-	if (c->keylen >= sizeof(c->key))
-		c->keylen = sizeof(c->key) - 1;
+	/* "rl:NAME:VALUE", cut to the buffer. */
+	at = 0;
+	rl_put(c->key, sizeof(c->key), &at, "rl:", 3, 0);
+	rl_put(c->key, sizeof(c->key), &at, rl->rule.name,
+	    strlen(rl->rule.name), 0);
+	rl_put(c->key, sizeof(c->key), &at, ":", 1, 0);
+	rl_put(c->key, sizeof(c->key), &at, value, len, 0);
+	c->keylen = at;
 	c->window_us = rl->window_ms * 1000;
 	c->interval_us = c->window_us / rl->limit;
 	if (c->interval_us == 0)
@@ -179,8 +183,12 @@ void
 flt_ratelimit_failure_check(const struct flt_env *env, struct rl_check *c,
     uint64_t cost)
 {
-	c->keylen = (size_t)snprintf(c->key, sizeof(c->key), "fail:%s",
-	    env->addr_text);
+	size_t at = 0;
+
+	rl_put(c->key, sizeof(c->key), &at, "fail:", 5, 0);
+	rl_put(c->key, sizeof(c->key), &at, env->addr_text,
+	    strlen(env->addr_text), 0);
+	c->keylen = at;
 	c->window_us = (uint64_t)env->failure_window * 1000;
 	c->interval_us = c->window_us / env->max_failures;
 	if (c->interval_us == 0)
@@ -200,6 +208,7 @@ static enum flt_verdict
 rl_verdict(const struct rl_req *q, const struct rl_result *r,
     struct flt_result *res)
 {
+	const struct pol_ratelimit *rl;
 	const char *name;
 
 	res->filter = flt_ratelimit.name;
@@ -212,14 +221,21 @@ rl_verdict(const struct rl_req *q, const struct rl_result *r,
 		    "unavailable, try again later",
 		    q->stage == FLT_CONNECT ? q->host : "",
 		    q->stage == FLT_CONNECT ? " " : "");
-	name = r->denied < q->n ? q->name[r->denied] : "?";
-	res->rule = r->denied < q->n ? q->rule[r->denied] : NULL;
+	if (r->denied < q->n) {
+		rl = q->which[r->denied];
+		name = rl != NULL ? rl->rule.name : "failures";
+		res->rule = name;
+	} else {
+		rl = NULL;
+		name = "?";
+		res->rule = NULL;
+	}
 	if (q->stage == FLT_CONNECT)
 		return flt_answer(res, FLT_TEMPFAIL, 421, "4.7.0 %s Error: too "
 		    "many %s from %s (%s), try again later", q->host,
 		    strcmp(name, "failures") == 0 ? "failed commands" :
 		    "connections", q->client, name);
-	if (q->action[r->denied < q->n ? r->denied : 0] == POL_REJECT)
+	if (rl != NULL && rl->rule.action == POL_REJECT)
 		return flt_answer(res, FLT_REJECT, 550, "5.7.1 Error: rate "
 		    "limit exceeded (%s)", name);
 	return flt_answer(res, FLT_TEMPFAIL, q->stage == FLT_EOM ? 451 : 450,
@@ -233,8 +249,13 @@ rl_done_cb(void *arg, const struct rl_result *r)
 	struct rl_req		*q = arg;
 	struct flt_result	 res;
 
-	memset(&res, 0, sizeof(res));
-	rl_verdict(q, r, &res);
+	/* A session gone: what q points to may be gone too. */
+	if (flt_call_waiting(q->call)) {
+		memset(&res, 0, offsetof(struct flt_result, reply));
+		res.reply[0] = '\0';
+		rl_verdict(q, r, &res);
+	} else
+		res.verdict = FLT_CONTINUE;
 	flt_resume(q->call, &res);
 	free(q);
 }
@@ -247,55 +268,56 @@ flt_ratelimit_hook(enum flt_stage st, const struct flt_env *env,
 	const struct pol_ratelimit *rl;
 	struct rl_check		 checks[RL_CHECKS_MAX];
 	struct rl_result	 r;
-	const struct pol_ratelimit *which[RL_CHECKS_MAX];
-	struct rl_req		*q;
-	enum flt_verdict	 v;
+	struct rl_req		 req, *q;
+	struct pol_subject	 subj;
 	size_t			 i, n = 0;
-	int			 fail;
+	int			 fail, subject = 0;
 
 	if (env->rl == NULL ||
 	    (pol->nratelimits == 0 && env->max_failures == 0))
 		return FLT_CONTINUE;
 	for (i = 0; i < pol->nratelimits && n < RL_CHECKS_MAX; i++) {
 		rl = &pol->ratelimits[i];
-		if (flt_ratelimit_stage(rl) != st ||
-		    !flt_match(&rl->rule.match, env) ||
+		if (flt_ratelimit_stage(rl) != st)
+			continue;
+		/* What the matchers see, worked out once for the stage. */
+		if (!subject) {
+			flt__subject(env, &subj);
+			subject = 1;
+		}
+		if (!flt__match(&rl->rule.match, env, &subj) ||
 		    rl_make(rl, env, &checks[n]) < 0)
 			continue;
-		which[n++] = rl;
+		req.which[n++] = rl;
 	}
 	/* A client over its failures is refused at connect. */
 	fail = st == FLT_CONNECT && env->max_failures > 0 &&
 	    n < RL_CHECKS_MAX;
-	if (fail)
-		flt_ratelimit_failure_check(env, &checks[n], 0);
-	if (n + fail == 0)
-		return FLT_CONTINUE;
-	if ((q = malloc(sizeof(*q))) == NULL)
-		return FLT_CONTINUE;
-	for (i = 0; i < n; i++) {
-		q->action[i] = which[i]->rule.action;
-		q->rule[i] = which[i]->rule.name;
-		snprintf(q->name[i], RL_NAME_MAX, "%s", which[i]->rule.name);
-	}
 	if (fail) {
-		q->action[n] = POL_TEMPFAIL;
-		q->rule[n] = "failures";
-		snprintf(q->name[n++], RL_NAME_MAX, "failures");
+		flt_ratelimit_failure_check(env, &checks[n], 0);
+		req.which[n++] = NULL;
 	}
-	q->n = n;
-	q->stage = st;
-	q->tempfail = env->rl_tempfail;
-	snprintf(q->host, sizeof(q->host), "%s", env->hostname);
-	snprintf(q->client, sizeof(q->client), "%s", env->addr_text);
+	if (n == 0)
+		return FLT_CONTINUE;
+	req.call = NULL;
+	req.n = n;
+	req.stage = st;
+	req.tempfail = env->rl_tempfail;
+	req.host = env->hostname;
+	req.client = env->addr_text;
+	/* The answer may come later: req then lives on the heap. */
+	if ((q = malloc(offsetof(struct rl_req, which) +
+	    n * sizeof(req.which[0]))) == NULL)
+		return FLT_CONTINUE;
+	memcpy(q, &req, offsetof(struct rl_req, which) +
+	    n * sizeof(req.which[0]));
 	if (rl_check(env->rl, checks, n, &r, rl_done_cb, q) == 1) {
 		/* done is never called from within rl_check(). */
 		q->call = flt_defer(env);
 		return FLT_PENDING;
 	}
-	v = rl_verdict(q, &r, res);
 	free(q);
-	return v;
+	return rl_verdict(&req, &r, res);
 }
 
 const struct flt_def flt_ratelimit = {

@@ -12,11 +12,13 @@
  *
  * Lifetimes.  A request belongs to a batch (struct fr_batch).  The open
  * batch is the store's until the loop writes it (fr_ev_flush_cb); from
- * the moment it is handed to redisAsyncCommandArgv() it is owned by
+ * the moment it is handed to redisAsyncFormattedCommand() it is owned by
  * hiredis until hiredis calls fr_reply_cb() for it: with the reply, or
  * with NULL when the connection is freed (hiredis runs every pending
- * callback then).  fr_reply_cb() always frees the batch and its requests,
- * unless it resends the batch (NOSCRIPT).  An open batch is answered
+ * callback then).  fr_reply_cb() always releases the batch and its
+ * requests, unless it resends the batch (NOSCRIPT).  Released requests
+ * and batches go to the store's free lists (up to FR_FREE_MAX of each)
+ * and are reused by the next checks; they are freed with the store.  An open batch is answered
  * RL_ERROR and freed when the connection goes down or the store closes.
  * Independently, each request sits in the store's list of unanswered
  * requests until done is called: by the reply, by the timeout, or by the
@@ -25,7 +27,20 @@
  *
  * hiredis 0.14 has no command timeout, hence the store's own deadline
  * timer; requests share one timeout and are answered in order, so the
- * oldest unanswered one always has the nearest deadline.
+ * oldest unanswered one always has the nearest deadline.  The timer is
+ * lazy: it is started when a request comes and none is running, and not
+ * touched when requests are answered; when it fires it answers what is
+ * due and is started again for the oldest request left, if any.  While
+ * requests are unanswered it is thus always due at or before the oldest
+ * one's deadline, so each is answered RL_ERROR within the timeout (as
+ * exactly as libuv's timers go), at the cost of a wake-up per timeout at
+ * most instead of a timer restart per request.
+ *
+ * The work per check is kept small, as a check is made at every stage of
+ * every message that has a limit: a request's keys and numbers are
+ * written in the Redis protocol (RESP) once, when it is made, and a batch
+ * is written by putting a header before them (fr_format()) and handing
+ * the lot to hiredis as one preformatted command.
  *
  * The event hooks (fr_ev_*) follow hiredis's adapters/libuv.h, with one
  * fix: the 0.14 adapter ignores a uv_poll error (libuv reports POLLERR,
@@ -60,10 +75,14 @@
 #define FR_SPAN_MAX	(UINT64_C(1) << 48)	/* the largest W and c * T
 						 * (µs, 8.9 years), as in
 						 * rl_mem.c */
-#define FR_NUM_MAX	21	/* digits of a uint64_t, and a NUL */
-#define FR_NUMS_MAX	(1 + 3 * RL_CHECKS_MAX)	/* a request's numbers: n,
-						 * then 3 per check */
-#define FR_ARGV_STACK	256	/* a batch's arguments kept on the stack */
+#define FR_FREE_MAX	64	/* free requests (and batches) kept */
+#define FR_REQ_SIZE	512	/* a request's buffer, at least: one that
+				 * needs more is not kept for reuse */
+/* The RESP of one number argument, at most: "$20\r\n", 20 digits, CRLF. */
+#define FR_RESP_NUM	(5 + 20 + 2)
+/* The RESP of one key argument's framing, at most: "$" 5 digits CRLF,
+ * then CRLF after the key. */
+#define FR_RESP_KEY	(1 + 5 + 2 + 2)
 
 /*
  * The GCRA of rl_gcra() for a batch of checks: every check made in one
@@ -83,95 +102,114 @@
  * with a time to live of TAT - now), whatever the number of checks on it.
  * A batch of one request of one check, the common case when the load is
  * light, takes a short path without tables or closures (the same
- * arithmetic).
+ * arithmetic), and its answer is that integer alone, not in an array.
  *
  * Lua numbers are doubles: every value here stays an integer below 2^53
  * (now is about 2^50.6 until 2041; a TAT is kept below now + 2^50, so
- * 32 * retry_ms stays below 2^46), so the arithmetic is exact.  The TAT is
- * formatted with %.0f (tostring() would give "1.7e+15"); the time to live
- * in milliseconds, below 2^40, with tostring(), exact below 10^14.
+ * 32 * retry_ms stays below 2^46), so the arithmetic is exact.  The TAT
+ * and the time to live (in milliseconds, below 2^40) are written with
+ * string.format('%d'), which goes through a C long: exact where that has
+ * 64 bits, as the script checks; elsewhere with '%.0f', exact too but a
+ * few times as costly (tostring() would give "1.7e+15").  The closures
+ * of the path for requests of several checks are made only when a batch
+ * has one.
  */
 static const char fr_script[] =
 "local t = redis.call('TIME')\n"
 "local now = t[1] * 1000000 + t[2]\n"
 "local cap = now + 1125899906842624\n"
-"if #ARGV == 4 then\n"
+"local na = #ARGV\n"
+"if na == 4 then\n"
 "  local k = KEYS[1]\n"
 "  local o = tonumber(redis.call('GET', k)) or 0\n"
 "  if o > cap then o = cap end\n"
 "  local inc = tonumber(ARGV[2])\n"
+"  local w = tonumber(ARGV[3])\n"
 "  local nt = (o > now and o or now) + inc\n"
-"  local over = nt - now - ARGV[3]\n"
+"  local over = nt - now - w\n"
 "  if over > 0 and ARGV[4] ~= '1' then\n"
-"    return {32 * math.ceil(over / 1000) + 1}\n"
+"    return 32 * math.ceil(over / 1000) + 1\n"
 "  end\n"
 "  if nt > cap then nt = cap end\n"
 "  if nt ~= o and nt > now then\n"
-"    redis.call('SET', k, string.format('%.0f', nt), 'PX',\n"
-"        tostring(math.ceil((nt - now) / 1000)))\n"
+"    local fmt = string.format('%d', 4294967296) == '4294967296' and '%d' or '%.0f'\n"
+"    redis.call('SET', k, string.format(fmt, nt), 'PX',\n"
+"        string.format(fmt, math.ceil((nt - now) / 1000)))\n"
 "  end\n"
-"  if over <= 0 then return {0} end\n"
-"  local r = nt + inc - now - ARGV[3]\n"
+"  if over <= 0 then return 0 end\n"
+"  local r = nt + inc - now - w\n"
 "  if r < 0 then r = 0 end\n"
-"  return {32 * math.ceil(r / 1000) + 1}\n"
+"  return 32 * math.ceil(r / 1000) + 1\n"
 "end\n"
 "local tat, old, res = {}, {}, {}\n"
-"local function get(k)\n"
-"  local v = tat[k]\n"
-"  if v == nil then\n"
-"    v = tonumber(redis.call('GET', k)) or 0\n"
-"    if v > cap then v = cap end\n"
-"    tat[k] = v\n"
-"    old[k] = v\n"
-"  end\n"
-"  return v\n"
-"end\n"
-"local function run(all, ki, a, n)\n"
-"  local tmp = {}\n"
-"  for i = 1, n do\n"
-"    local k = KEYS[ki + i]\n"
-"    local inc = tonumber(ARGV[a + 3 * i - 2])\n"
-"    local force = ARGV[a + 3 * i] == '1'\n"
-"    if all or force then\n"
-"      local cur = tmp[k] or get(k)\n"
-"      local nt = (cur > now and cur or now) + inc\n"
-"      local over = nt - now - ARGV[a + 3 * i - 1]\n"
-"      if all and over > 0 then\n"
-"        if force then over = -1 end\n"
-"        return nil, i, over\n"
-"      end\n"
-"      if nt > cap then nt = cap end\n"
-"      tmp[k] = nt\n"
-"    end\n"
-"  end\n"
-"  return tmp\n"
-"end\n"
-"local a, ki, na = 1, 0, #ARGV\n"
+"local get, run\n"
+"local a, ki, ri = 1, 0, 0\n"
 "while a <= na do\n"
 "  local n = tonumber(ARGV[a])\n"
+"  ri = ri + 1\n"
 "  if n == 1 then\n"
-"    local k = KEYS[ki + 1]\n"
-"    local o = get(k)\n"
+"    ki = ki + 1\n"
+"    local k = KEYS[ki]\n"
+"    local o = tat[k]\n"
+"    if o == nil then\n"
+"      o = tonumber(redis.call('GET', k)) or 0\n"
+"      if o > cap then o = cap end\n"
+"      tat[k] = o\n"
+"      old[k] = o\n"
+"    end\n"
 "    local inc = tonumber(ARGV[a + 1])\n"
 "    local nt = (o > now and o or now) + inc\n"
 "    local over = nt - now - ARGV[a + 2]\n"
 "    if over > 0 and ARGV[a + 3] ~= '1' then\n"
-"      res[#res + 1] = 32 * math.ceil(over / 1000) + 1\n"
+"      res[ri] = 32 * math.ceil(over / 1000) + 1\n"
 "    else\n"
 "      if nt > cap then nt = cap end\n"
 "      tat[k] = nt\n"
 "      if over <= 0 then\n"
-"        res[#res + 1] = 0\n"
+"        res[ri] = 0\n"
 "      else\n"
 "        local r = nt + inc - now - ARGV[a + 2]\n"
 "        if r < 0 then r = 0 end\n"
-"        res[#res + 1] = 32 * math.ceil(r / 1000) + 1\n"
+"        res[ri] = 32 * math.ceil(r / 1000) + 1\n"
 "      end\n"
 "    end\n"
+"    a = a + 4\n"
 "  else\n"
+"    if not run then\n"
+"      get = function(k)\n"
+"        local v = tat[k]\n"
+"        if v == nil then\n"
+"          v = tonumber(redis.call('GET', k)) or 0\n"
+"          if v > cap then v = cap end\n"
+"          tat[k] = v\n"
+"          old[k] = v\n"
+"        end\n"
+"        return v\n"
+"      end\n"
+"      run = function(all, ki, a, n)\n"
+"        local tmp = {}\n"
+"        for i = 1, n do\n"
+"          local k = KEYS[ki + i]\n"
+"          local inc = tonumber(ARGV[a + 3 * i - 2])\n"
+"          local force = ARGV[a + 3 * i] == '1'\n"
+"          if all or force then\n"
+"            local cur = tmp[k] or get(k)\n"
+"            local nt = (cur > now and cur or now) + inc\n"
+"            local over = nt - now - ARGV[a + 3 * i - 1]\n"
+"            if all and over > 0 then\n"
+"              if force then over = -1 end\n"
+"              return nil, i, over\n"
+"            end\n"
+"            if nt > cap then nt = cap end\n"
+"            tmp[k] = nt\n"
+"          end\n"
+"        end\n"
+"        return tmp\n"
+"      end\n"
+"    end\n"
 "    local tmp, i, retry = run(true, ki, a, n)\n"
 "    if tmp then\n"
-"      res[#res + 1] = 0\n"
+"      res[ri] = 0\n"
 "    else\n"
 "      tmp = run(false, ki, a, n)\n"
 "    end\n"
@@ -182,16 +220,17 @@ static const char fr_script[] =
 "            ARGV[a + 3 * i - 2] - now - ARGV[a + 3 * i - 1]\n"
 "        if retry < 0 then retry = 0 end\n"
 "      end\n"
-"      res[#res + 1] = 32 * math.ceil(retry / 1000) + i\n"
+"      res[ri] = 32 * math.ceil(retry / 1000) + i\n"
 "    end\n"
+"    ki = ki + n\n"
+"    a = a + 1 + 3 * n\n"
 "  end\n"
-"  ki = ki + n\n"
-"  a = a + 1 + 3 * n\n"
 "end\n"
+"local fmt = string.format('%d', 4294967296) == '4294967296' and '%d' or '%.0f'\n"
 "for k, v in pairs(tat) do\n"
 "  if v ~= old[k] and v > now then\n"
-"    redis.call('SET', k, string.format('%.0f', v), 'PX',\n"
-"        tostring(math.ceil((v - now) / 1000)))\n"
+"    redis.call('SET', k, string.format(fmt, v), 'PX',\n"
+"        string.format(fmt, math.ceil((v - now) / 1000)))\n"
 "  end\n"
 "end\n"
 "return res\n";
@@ -208,18 +247,19 @@ enum fr_state {
 struct fr_req {
 	struct flt_redis	*st;		/* the store */
 	struct fr_req		*prev, *next;	/* in st's unanswered list */
-	struct fr_req		*bnext;		/* the next of its batch */
+	struct fr_req		*bnext;		/* the next of its batch, or of
+						 * the free list */
 	rl_done_fn		 done;		/* the caller's callback ... */
 	void			*arg;		/* ... and its argument */
 	uint64_t		 deadline;	/* uv_now() when it times out */
 	int			 flags;		/* FR_REQ_* */
 	size_t			 n;		/* checks in it */
-	size_t			 keylen[RL_CHECKS_MAX];	/* each prefixed key's
-						 * length */
-	size_t			 numlen[FR_NUMS_MAX];	/* each number's length:
-						 * n, then 3 per check */
+	size_t			 size;		/* buf's size */
+	size_t			 keyslen;	/* the keys' RESP: buf[0..keyslen) */
+	size_t			 numslen;	/* the numbers' RESP, right after */
 	char			 buf[];		/* the prefixed keys, then the
-						 * numbers */
+						 * numbers (n, then 3 per check),
+						 * each as a RESP bulk string */
 };
 
 #define FR_BATCH_RESENT	0x01	/* sent again as EVAL after NOSCRIPT */
@@ -227,15 +267,27 @@ struct fr_req {
 /*
  * The requests of one loop iteration, in one EVALSHA.  Open (st->open)
  * until the loop writes it; then owned by hiredis until fr_reply_cb(),
- * which frees it and its requests.
+ * which releases it and its requests.
  */
 struct fr_batch {
 	struct flt_redis	*st;		/* the store */
+	struct fr_batch		*fnext;		/* the next in the free list */
 	struct fr_req		*first, *last;	/* its requests, in order */
 	size_t			 nreq;		/* requests in it */
 	size_t			 nkeys;		/* keys over all of them */
 	size_t			 nnums;		/* numbers over all of them */
 	int			 flags;		/* FR_BATCH_* */
+};
+
+#define FR_NCACHE_BITS	3
+#define FR_NCACHE	(1 << FR_NCACHE_BITS)	/* numbers kept in RESP */
+
+/* A number written in RESP, kept: the same windows and increments come
+ * back check after check. */
+struct fr_num {
+	uint64_t		 v;		/* the number */
+	size_t			 len;		/* resp's length; 0: empty slot */
+	char			 resp[FR_RESP_NUM];	/* "$len\r\ndigits\r\n" */
 };
 
 struct flt_redis {
@@ -272,6 +324,21 @@ struct flt_redis {
 	struct fr_req		*head, *tail;	/* unanswered, oldest first */
 	struct fr_batch		*open;		/* the requests not written yet,
 						 * or NULL */
+	struct fr_req		*free_req;	/* released requests of
+						 * FR_REQ_SIZE, for reuse */
+	struct fr_batch		*free_batch;	/* released batches, for reuse */
+	unsigned		 nfree_req;	/* in free_req */
+	unsigned		 nfree_batch;	/* in free_batch */
+	char			*cmd;		/* the batch being written, as
+						 * RESP (hiredis copies it) */
+	size_t			 cmdsize;	/* cmd's size */
+	size_t			 evalsha_len;	/* cmd's "*" line excluded, the
+						 * length of the EVALSHA and SHA
+						 * arguments' RESP (once
+						 * loaded) */
+	char			 evalsha[64];	/* that RESP */
+	struct fr_num		 ncache[FR_NCACHE];	/* numbers in RESP, by
+						 * a hash of their value */
 };
 
 /* hiredis's event hooks on one connection's socket. */
@@ -282,6 +349,9 @@ struct fr_ev {
 					 * per loop iteration */
 	int			 events;	/* UV_READABLE, UV_WRITABLE wanted */
 	int			 flushing;	/* inside fr_ev_flush_cb() */
+	int			 want_write;	/* hiredis asked for write within
+					 * fr_ev_flush_cb() and has not
+					 * withdrawn it */
 	int			 nopen;		/* handles not yet closed */
 };
 
@@ -376,11 +446,20 @@ fr_ev_flush_cb(uv_check_t *h)
 	if (ev->ac == NULL)
 		return;
 	ev->flushing = 1;
+	ev->want_write = 0;
 	fr_batch_flush(ev->ac->data);
 	/* A failed batch may have let go of the connection. */
 	if (ev->ac != NULL)
 		redisAsyncHandleWrite(ev->ac);
 	ev->flushing = 0;
+	/*
+	 * Only what the kernel did not take waits for writability.  Every
+	 * uv_poll_start() is an epoll_ctl() at once (and one more at the
+	 * next poll), so the write event is not set and withdrawn around a
+	 * write that went through.
+	 */
+	if (ev->ac != NULL && ev->want_write)
+		fr_ev_update(ev, UV_WRITABLE, 0);
 }
 
 /* Makes sure fr_ev_flush_cb() runs in this loop iteration (the open batch
@@ -404,9 +483,10 @@ fr_ev_add_write(void *p)
 	 * waits for the end of this iteration (no epoll_ctl); still
 	 * unwritten after a flush, or while connecting, for writability.
 	 */
-	if (!ev->flushing && ev->ac != NULL &&
-	    (ev->ac->c.flags & REDIS_CONNECTED)) {
-		if (!uv_is_active((uv_handle_t *)&ev->flush))
+	if (ev->ac != NULL && (ev->ac->c.flags & REDIS_CONNECTED)) {
+		if (ev->flushing)
+			ev->want_write = 1;	/* decided on after the write */
+		else if (!uv_is_active((uv_handle_t *)&ev->flush))
 			uv_check_start(&ev->flush, fr_ev_flush_cb);
 		return;
 	}
@@ -418,6 +498,7 @@ fr_ev_del_write(void *p)
 {
 	struct fr_ev *ev = p;
 
+	ev->want_write = 0;
 	uv_check_stop(&ev->flush);
 	fr_ev_update(ev, 0, UV_WRITABLE);
 }
@@ -516,7 +597,7 @@ fr_answer(struct fr_req *req, const struct rl_result *res)
 		st->base.stats.denied++;
 	else if (res->status == RL_ERROR)
 		st->base.stats.errors++;
-	fr_arm(st);
+	/* The deadline timer is left as it is (see the top of the file). */
 	req->done(req->arg, res);
 }
 
@@ -624,6 +705,8 @@ fr_load_cb(redisAsyncContext *ac, void *r, void *privdata)
 	}
 	memcpy(st->sha, reply->str, sizeof(st->sha) - 1);
 	st->sha[sizeof(st->sha) - 1] = '\0';
+	st->evalsha_len = (size_t)snprintf(st->evalsha, sizeof(st->evalsha),
+	    "$7\r\nEVALSHA\r\n$40\r\n%s\r\n", st->sha);
 	fr_ready(st);
 }
 
@@ -768,17 +851,29 @@ fr_parse(const redisReply *e, size_t n, struct rl_result *res)
 	return 0;
 }
 
-/* Frees a batch and its requests. */
+/* Releases a batch and its requests to the store's free lists (or
+ * frees them when the lists are full, or a request is an outsized one). */
 static void
 fr_batch_free(struct fr_batch *b)
 {
+	struct flt_redis *st = b->st;
 	struct fr_req *req, *next;
 
 	for (req = b->first; req != NULL; req = next) {
 		next = req->bnext;
-		free(req);
+		if (req->size == FR_REQ_SIZE && st->nfree_req < FR_FREE_MAX) {
+			req->bnext = st->free_req;
+			st->free_req = req;
+			st->nfree_req++;
+		} else
+			free(req);
 	}
-	free(b);
+	if (st->nfree_batch < FR_FREE_MAX) {
+		b->fnext = st->free_batch;
+		st->free_batch = b;
+		st->nfree_batch++;
+	} else
+		free(b);
 }
 
 /*
@@ -808,7 +903,10 @@ fr_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 		if (fr_send(ac, b, 1) == REDIS_OK)
 			return;
 	}
+	/* An array of an element per request; or, for a lone request of
+	 * one check, that element alone. */
 	bad = reply != NULL && !st->closing &&
+	    !(reply->type == REDIS_REPLY_INTEGER && b->nreq == 1) &&
 	    (reply->type != REDIS_REPLY_ARRAY || reply->elements != b->nreq);
 	for (req = b->first, i = 0; req != NULL; req = req->bnext, i++) {
 		/* A request that timed out is not answered again. */
@@ -818,7 +916,8 @@ fr_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 			fr_answer(req, &fr_error);
 			continue;
 		}
-		if (bad || fr_parse(reply->element[i], req->n, &res) == -1) {
+		if (bad || fr_parse(reply->type == REDIS_REPLY_ARRAY ?
+		    reply->element[i] : reply, req->n, &res) == -1) {
 			if (!st->err_logged) {
 				st->err_logged = 1;
 				log_warn("ratelimit store=%s redis=%s:%d bad "
@@ -835,6 +934,127 @@ fr_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 	fr_batch_free(b);
 }
 
+/* Writes v in decimal at p; returns the number of digits (at most 20).
+ * Two digits at a time, from the end. */
+static size_t
+fr_u64(char *p, uint64_t v)
+{
+	static const char pairs[] =
+	    "00010203040506070809101112131415161718192021222324"
+	    "25262728293031323334353637383940414243444546474849"
+	    "50515253545556575859606162636465666768697071727374"
+	    "75767778798081828384858687888990919293949596979899";
+	char tmp[20];
+	size_t i = sizeof(tmp), n;
+
+	while (v >= 100) {
+		i -= 2;
+		memcpy(tmp + i, pairs + 2 * (v % 100), 2);
+		v /= 100;
+	}
+	if (v >= 10) {
+		i -= 2;
+		memcpy(tmp + i, pairs + 2 * v, 2);
+	} else
+		tmp[--i] = (char)('0' + v);
+	n = sizeof(tmp) - i;
+	memcpy(p, tmp + i, n);
+	return n;
+}
+
+/* Writes the RESP of a bulk string's head ("$len\r\n") at p; returns its
+ * length. */
+static size_t
+fr_resp_head(char *p, char mark, uint64_t len)
+{
+	size_t n;
+
+	p[0] = mark;
+	n = 1 + fr_u64(p + 1, len);
+	p[n++] = '\r';
+	p[n++] = '\n';
+	return n;
+}
+
+/* Writes number v as a RESP bulk string at p; returns its length (at most
+ * FR_RESP_NUM). */
+static size_t
+fr_resp_num(char *p, uint64_t v)
+{
+	char digits[20];
+	size_t len = fr_u64(digits, v), n;
+
+	n = fr_resp_head(p, '$', len);
+	memcpy(p + n, digits, len);
+	n += len;
+	p[n++] = '\r';
+	p[n++] = '\n';
+	return n;
+}
+
+/* fr_resp_num() through the store's cache of numbers. */
+static size_t
+fr_resp_num_cached(struct flt_redis *st, char *p, uint64_t v)
+{
+	struct fr_num *e;
+
+	e = &st->ncache[(v * UINT64_C(0x9e3779b97f4a7c15)) >>
+	    (64 - FR_NCACHE_BITS)];
+	if (e->len == 0 || e->v != v) {
+		e->v = v;
+		e->len = fr_resp_num(e->resp, v);
+	}
+	memcpy(p, e->resp, e->len);
+	return e->len;
+}
+
+/*
+ * Writes batch b as one command in RESP into st->cmd: EVALSHA (or EVAL
+ * with the script's text), the number of keys, the keys of every request,
+ * then the numbers of every request.  Returns its length.
+ */
+static size_t
+fr_format(struct flt_redis *st, struct fr_batch *b, int eval)
+{
+	struct fr_req *req;
+	size_t need, off;
+	uint64_t argc = 3 + b->nkeys + b->nnums;
+
+	need = 64 + FR_RESP_NUM + (eval ? 32 + sizeof(fr_script) :
+	    st->evalsha_len);
+	for (req = b->first; req != NULL; req = req->bnext)
+		need += req->keyslen + req->numslen;
+	if (need > st->cmdsize) {
+		free(st->cmd);
+		st->cmdsize = need > 4096 ? need : 4096;
+		if ((st->cmd = malloc(st->cmdsize)) == NULL)
+			fatalx("%s: out of memory", __func__);
+	}
+	off = fr_resp_head(st->cmd, '*', argc);
+	if (eval) {
+		memcpy(st->cmd + off, "$4\r\nEVAL\r\n", 10);
+		off += 10;
+		off += fr_resp_head(st->cmd + off, '$', sizeof(fr_script) - 1);
+		memcpy(st->cmd + off, fr_script, sizeof(fr_script) - 1);
+		off += sizeof(fr_script) - 1;
+		st->cmd[off++] = '\r';
+		st->cmd[off++] = '\n';
+	} else {
+		memcpy(st->cmd + off, st->evalsha, st->evalsha_len);
+		off += st->evalsha_len;
+	}
+	off += fr_resp_num(st->cmd + off, b->nkeys);
+	for (req = b->first; req != NULL; req = req->bnext) {
+		memcpy(st->cmd + off, req->buf, req->keyslen);
+		off += req->keyslen;
+	}
+	for (req = b->first; req != NULL; req = req->bnext) {
+		memcpy(st->cmd + off, req->buf + req->keyslen, req->numslen);
+		off += req->numslen;
+	}
+	return off;
+}
+
 /*
  * Sends batch b (again) as EVALSHA, or as EVAL with the script's text.
  * Returns REDIS_OK when hiredis took it (and owns it until fr_reply_cb).
@@ -842,58 +1062,11 @@ fr_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 static int
 fr_send(redisAsyncContext *ac, struct fr_batch *b, int eval)
 {
-	const char *sargv[FR_ARGV_STACK], **argv = sargv;
-	size_t sargvlen[FR_ARGV_STACK], *argvlen = sargvlen;
-	char numkeys[FR_NUM_MAX];
-	struct fr_req *req;
-	const char *p;
-	size_t argc, i, k, j;
-	int rc;
+	struct flt_redis *st = b->st;
+	size_t len;
 
-	argc = 3 + b->nkeys + b->nnums;
-	if (argc > FR_ARGV_STACK) {
-		argv = calloc(argc, sizeof(*argv));
-		argvlen = calloc(argc, sizeof(*argvlen));
-		if (argv == NULL || argvlen == NULL)
-			fatalx("%s: out of memory", __func__);
-	}
-	if (eval) {
-		argv[0] = "EVAL";
-		argv[1] = fr_script;
-		argvlen[0] = 4;
-		argvlen[1] = sizeof(fr_script) - 1;
-	} else {
-		argv[0] = "EVALSHA";
-		argv[1] = b->st->sha;
-		argvlen[0] = 7;
-		argvlen[1] = sizeof(b->st->sha) - 1;
-	}
-	argvlen[2] = (size_t)snprintf(numkeys, sizeof(numkeys), "%zu",
-	    b->nkeys);
-	argv[2] = numkeys;
-	/* The keys of every request, then the numbers of every request. */
-	k = 3;
-	j = 3 + b->nkeys;
-	for (req = b->first; req != NULL; req = req->bnext) {
-		p = req->buf;
-		for (i = 0; i < req->n; i++) {
-			argv[k] = p;
-			argvlen[k++] = req->keylen[i];
-			p += req->keylen[i];
-		}
-		for (i = 0; i < 1 + 3 * req->n; i++) {
-			argv[j] = p;
-			argvlen[j++] = req->numlen[i];
-			p += req->numlen[i];
-		}
-	}
-	rc = redisAsyncCommandArgv(ac, fr_reply_cb, b, (int)argc, argv,
-	    argvlen);
-	if (argv != sargv) {
-		free(argv);
-		free(argvlen);
-	}
-	return rc;
+	len = fr_format(st, b, eval);
+	return redisAsyncFormattedCommand(ac, fr_reply_cb, b, st->cmd, len);
 }
 
 /*
@@ -935,18 +1108,6 @@ fr_batch_fail(struct flt_redis *st)
 	fr_batch_free(b);
 }
 
-/* Appends a number to req->buf at *off. */
-static void
-fr_argnum(struct fr_req *req, size_t *off, size_t i, uint64_t v)
-{
-	int len;
-
-	len = snprintf(req->buf + *off, FR_NUM_MAX, "%llu",
-	    (unsigned long long)v);
-	*off += (size_t)len;
-	req->numlen[i] = (size_t)len;
-}
-
 /*
  * Returns 1 when the checks are within what the script computes exactly,
  * the same bounds as the in-process store's: T at least 1, W and c * T at
@@ -969,19 +1130,31 @@ fr_valid(const struct rl_check *c, size_t n)
 	return 1;
 }
 
-/* Builds the request of n valid checks; aborts when out of memory. */
+/*
+ * Builds the request of n valid checks, reusing a released one when it is
+ * large enough; aborts when out of memory.
+ */
 static struct fr_req *
 fr_req_new(struct flt_redis *st, const struct rl_check *c, size_t n,
     rl_done_fn done, void *arg)
 {
 	struct fr_req *req;
-	size_t i, len, off = 0;
+	size_t i, len, off, size;
+	char *p;
 
-	len = FR_NUM_MAX + n * (st->prefixlen + 3 * FR_NUM_MAX);
+	len = FR_RESP_NUM + n * (FR_RESP_KEY + st->prefixlen +
+	    3 * FR_RESP_NUM);
 	for (i = 0; i < n; i++)
 		len += c[i].keylen;
-	if ((req = malloc(sizeof(*req) + len)) == NULL)
-		fatalx("%s: out of memory", __func__);
+	if (len <= FR_REQ_SIZE && (req = st->free_req) != NULL) {
+		st->free_req = req->bnext;
+		st->nfree_req--;
+	} else {
+		size = len > FR_REQ_SIZE ? len : FR_REQ_SIZE;
+		if ((req = malloc(sizeof(*req) + size)) == NULL)
+			fatalx("%s: out of memory", __func__);
+		req->size = size;
+	}
 	req->st = st;
 	req->prev = req->next = req->bnext = NULL;
 	req->done = done;
@@ -990,20 +1163,28 @@ fr_req_new(struct flt_redis *st, const struct rl_check *c, size_t n,
 	req->n = n;
 	req->deadline = uv_now(st->loop) + st->timeout_ms;
 
+	/* The keys: one argument each, the prefix and the key. */
+	p = req->buf;
+	off = 0;
 	for (i = 0; i < n; i++) {
-		/* One argument: the prefix and the key. */
-		memcpy(req->buf + off, st->prefix, st->prefixlen);
-		memcpy(req->buf + off + st->prefixlen, c[i].key, c[i].keylen);
+		off += fr_resp_head(p + off, '$', st->prefixlen + c[i].keylen);
+		memcpy(p + off, st->prefix, st->prefixlen);
+		memcpy(p + off + st->prefixlen, c[i].key, c[i].keylen);
 		off += st->prefixlen + c[i].keylen;
-		req->keylen[i] = st->prefixlen + c[i].keylen;
+		p[off++] = '\r';
+		p[off++] = '\n';
 	}
-	fr_argnum(req, &off, 0, n);
+	req->keyslen = off;
+	/* The numbers: n, then c * T, W and the force flag of each check. */
+	off += fr_resp_num_cached(st, p + off, n);
 	for (i = 0; i < n; i++) {
-		fr_argnum(req, &off, 1 + 3 * i, c[i].cost * c[i].interval_us);
-		fr_argnum(req, &off, 2 + 3 * i, c[i].window_us);
-		req->buf[off++] = c[i].force ? '1' : '0';
-		req->numlen[3 + 3 * i] = 1;
+		off += fr_resp_num_cached(st, p + off,
+		    c[i].cost * c[i].interval_us);
+		off += fr_resp_num_cached(st, p + off, c[i].window_us);
+		memcpy(p + off, c[i].force ? "$1\r\n1\r\n" : "$1\r\n0\r\n", 7);
+		off += 7;
 	}
+	req->numslen = off - req->keyslen;
 	return req;
 }
 
@@ -1023,7 +1204,11 @@ fr_check(struct rl_store *base, const struct rl_check *c, size_t n,
 
 	/* Into this iteration's batch, written by fr_ev_flush_cb(). */
 	if ((b = st->open) == NULL) {
-		if ((b = calloc(1, sizeof(*b))) == NULL)
+		if ((b = st->free_batch) != NULL) {
+			st->free_batch = b->fnext;
+			st->nfree_batch--;
+			memset(b, 0, sizeof(*b));
+		} else if ((b = calloc(1, sizeof(*b))) == NULL)
 			fatalx("%s: out of memory", __func__);
 		b->st = st;
 		st->open = b;
@@ -1045,7 +1230,8 @@ fr_check(struct rl_store *base, const struct rl_check *c, size_t n,
 	else
 		st->head = req;
 	st->tail = req;
-	if (st->head == req)
+	/* Lazy: a running timer is due at or before this deadline. */
+	if (!uv_is_active((uv_handle_t *)&st->deadline))
 		fr_arm(st);
 	return 1;
 
@@ -1098,9 +1284,20 @@ static void
 fr_closed_cb(uv_handle_t *h)
 {
 	struct flt_redis *st = h->data;
+	struct fr_req *req;
+	struct fr_batch *b;
 
 	if (--st->handles > 0)
 		return;
+	while ((req = st->free_req) != NULL) {
+		st->free_req = req->bnext;
+		free(req);
+	}
+	while ((b = st->free_batch) != NULL) {
+		st->free_batch = b->fnext;
+		free(b);
+	}
+	free(st->cmd);
 	free(st->host);
 	free(st->password);
 	free(st->prefix);

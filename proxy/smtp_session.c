@@ -170,6 +170,26 @@ struct smtp_tx {
 	char			rcpts[256];	/* forward paths, for the log */
 };
 
+#define ENVC_ARG_MAX	256	/* longer MAIL/RCPT arguments are parsed again
+				 * after a pending filter stage */
+
+/*
+ * A MAIL or RCPT command parsed before its filter stage went pending:
+ * once the answer comes the command is dispatched again, and takes this
+ * instead of parsing its argument again.  The parse points into the input
+ * buffer; it is taken only for the same bytes at the same address.
+ */
+struct smtp_envc {
+	int			 valid;		/* holds a parse not taken yet */
+	const char		*arg;		/* the argument, in s->in */
+	size_t			 len;		/* its length */
+	int			 is_rcpt;	/* RCPT (1) or MAIL (0) */
+	int			 smtputf8;	/* tx.smtputf8 it was checked with */
+	struct smtp_mailrcpt	 m;		/* smtp_mailrcpt_parse()'s */
+	struct smtp_mail_opts	 o;		/* smtp_params_check()'s */
+	char			 copy[ENVC_ARG_MAX];	/* the argument's bytes */
+};
+
 /* Reverse DNS lookup in the thread pool; s is cleared if the session ends. */
 struct rdns_req {
 	uv_work_t		 work;		/* the thread pool request */
@@ -193,6 +213,12 @@ struct smtp_session {
 	char			*tls_wbuf;	/* ciphertext of the pending client
 						 * write (malloc'd), or NULL */
 	uv_timer_t		 timer;		/* command / data timeout */
+	uint64_t		 timer_due;	/* uv_now() of the timeout: the
+						 * timer may be due earlier (it
+						 * is not restarted for a later
+						 * one) and then starts again */
+	uint64_t		 timer_fire;	/* uv_now() the timer is due, while
+						 * it runs */
 	uv_write_t		 wreq;		/* the one pending client write */
 	int			 nopen;		/* handles not yet closed */
 	enum smtp_state		 state;		/* protocol state */
@@ -244,6 +270,9 @@ struct smtp_session {
 						 * in flight gets (backend lost) */
 	struct smtp_tx		 tx;		/* the current transaction */
 	struct flt_run		 flt;		/* the filter stage in progress */
+	struct smtp_envc	*envc;		/* malloc'd at the first MAIL or
+						 * RCPT whose stage went pending,
+						 * or NULL */
 	size_t			 out_len;	/* bytes in out */
 	char			 out[OUT_SIZE];	/* replies to write */
 };
@@ -916,6 +945,49 @@ smtp_arg_reply(enum smtp_arg_err e, int is_rcpt)
 }
 
 /*
+ * Takes the parse of arg that smtp_envc_put() kept, if it is one of these
+ * very bytes.  Returns 1 when *m and *o are filled, 0 when arg must be
+ * parsed.
+ */
+static int
+smtp_envc_get(struct smtp_session *s, const char *arg, size_t len,
+    int is_rcpt, struct smtp_mailrcpt *m, struct smtp_mail_opts *o)
+{
+	struct smtp_envc *c = s->envc;
+
+	if (c == NULL || !c->valid)
+		return 0;
+	c->valid = 0;
+	if (c->arg != arg || c->len != len || c->is_rcpt != is_rcpt ||
+	    c->smtputf8 != (int)s->tx.smtputf8 || memcmp(c->copy, arg, len) != 0)
+		return 0;
+	*m = c->m;
+	*o = c->o;
+	return 1;
+}
+
+/* Keeps the parse of arg for its dispatch after the pending stage. */
+static void
+smtp_envc_put(struct smtp_session *s, const char *arg, size_t len,
+    int is_rcpt, const struct smtp_mailrcpt *m, const struct smtp_mail_opts *o)
+{
+	struct smtp_envc *c = s->envc;
+
+	if (len > ENVC_ARG_MAX)
+		return;
+	if (c == NULL && (c = s->envc = malloc(sizeof(*c))) == NULL)
+		return;		/* parsed again then */
+	c->valid = 1;
+	c->arg = arg;
+	c->len = len;
+	c->is_rcpt = is_rcpt;
+	c->smtputf8 = s->tx.smtputf8;
+	c->m = *m;
+	c->o = *o;
+	memcpy(c->copy, arg, len);
+}
+
+/*
  * MAIL and RCPT: checked here, then forwarded.  A local reply waits for
  * the replies in flight.
  */
@@ -940,9 +1012,13 @@ smtp_cmd_envelope(struct smtp_session *s, enum smtp_verb v, const char *arg,
 		    NULL, 1);
 	if (s->tx.abort == TX_BACKEND)
 		return smtp_answer(s, s->tx.abort_reply, NULL, 0);
-	e = smtp_mailrcpt_parse(arg, len, is_rcpt, &m);
-	if (e == SMTP_ARG_OK)
-		e = smtp_params_check(&m, is_rcpt, s->tx.smtputf8, &o);
+	if (smtp_envc_get(s, arg, len, is_rcpt, &m, &o))
+		e = SMTP_ARG_OK;
+	else {
+		e = smtp_mailrcpt_parse(arg, len, is_rcpt, &m);
+		if (e == SMTP_ARG_OK)
+			e = smtp_params_check(&m, is_rcpt, s->tx.smtputf8, &o);
+	}
 	if (e != SMTP_ARG_OK)
 		return smtp_answer(s, smtp_arg_reply(e, is_rcpt), NULL, 1);
 	if (!is_rcpt && o.size > s->cfg->max_message_size)
@@ -952,8 +1028,10 @@ smtp_cmd_envelope(struct smtp_session *s, enum smtp_verb v, const char *arg,
 		return smtp_answer(s, RPL_TOO_MANY_RCPT, NULL, 0);
 	fv = smtp_filter(s, is_rcpt ? FLT_RCPT : FLT_MAIL,
 	    is_rcpt ? NULL : &m.path, is_rcpt ? &m.path : NULL, NULL, 0);
-	if (fv == FLT_PENDING)
+	if (fv == FLT_PENDING) {
+		smtp_envc_put(s, arg, len, is_rcpt, &m, &o);
 		return CMD_WAIT;
+	}
 	if (smtp_refusing(fv)) {
 		if (!smtp_local(s))
 			return CMD_WAIT;
@@ -2102,6 +2180,12 @@ smtp_tls_flush(struct smtp_session *s)
 
 /* ---- Client I/O ---------------------------------------------------------- */
 
+/*
+ * Sets the session's timeout (below: what each counts from).  Called
+ * after every event, so the timer is not restarted each time: while it
+ * runs and is due no later than the new timeout, it is left alone, and
+ * smtp_timeout_cb() starts it again for what is left when it fires early.
+ */
 static void
 smtp_timer_arm(struct smtp_session *s)
 {
@@ -2109,13 +2193,12 @@ smtp_timer_arm(struct smtp_session *s)
 
 	if (s->flags & SF_CLOSING)
 		return;
+	now = uv_now(&s->w->loop);
 	if (s->flags & (SF_TLS_HS | SF_PROXY)) {
 		/* A fixed deadline: a trickle of bytes does not extend it. */
-		now = uv_now(&s->w->loop);
 		ms = s->deadline > now ? s->deadline - now : 1;
 	} else if (s->state == S_DATA) {
 		ms = s->cfg->to_data;
-		now = uv_now(&s->w->loop);
 		/* Not reading (the backend is behind): not the client's time. */
 		if (!smtp_want_input(s))
 			s->data_due = now + ms;
@@ -2129,7 +2212,6 @@ smtp_timer_arm(struct smtp_session *s)
 		 * lines waiting (for the client to read its replies, say)
 		 * keep the usual timeout.
 		 */
-		now = uv_now(&s->w->loop);
 		if (s->in == NULL || s->in_start == s->in_end ||
 		    memchr(s->in + s->in_start, '\n',
 		    s->in_end - s->in_start) != NULL)
@@ -2137,6 +2219,11 @@ smtp_timer_arm(struct smtp_session *s)
 		ms = s->line_since + s->cfg->to_command > now ?
 		    s->line_since + s->cfg->to_command - now : 1;
 	}
+	s->timer_due = now + ms;
+	if (uv_is_active((uv_handle_t *)&s->timer) &&
+	    s->timer_fire <= s->timer_due)
+		return;
+	s->timer_fire = s->timer_due;
 	uv_timer_start(&s->timer, smtp_timeout_cb, ms, 0);
 }
 
@@ -2291,7 +2378,15 @@ static void
 smtp_timeout_cb(uv_timer_t *t)
 {
 	struct smtp_session *s = t->data;
+	uint64_t now = uv_now(&s->w->loop);
 
+	/* Due early: the timeout moved on since the timer was started. */
+	if (now < s->timer_due) {
+		s->timer_fire = s->timer_due;
+		uv_timer_start(&s->timer, smtp_timeout_cb, s->timer_due - now,
+		    0);
+		return;
+	}
 	/*
 	 * Waiting for the backend is timed by the backend's own timer; but a
 	 * client that has not read its replies for this long is not waited
@@ -2572,6 +2667,7 @@ smtp_free(struct smtp_session *s)
 	if (s->tx.started != 0)		/* the client left mid-transaction */
 		metrics_tx_end(s->tx.status);
 	free(s->tx.hdr.buf);
+	free(s->envc);
 	free(s->tls_wbuf);
 	tlsio_free(s->tls);
 	if (s->flags & SF_COUNTED)

@@ -268,6 +268,35 @@ class _Limits:
         self.assertEqual(len(msgs), 1)
         self.assertEqual(msgs[0].rcpts, rcpts[:3])
 
+    def test_pipelined_envelope_forwarded_as_sent(self):
+        # Limits at MAIL and at each RCPT: every command waits for its
+        # check (Redis: an answer later) with the rest of the pipeline in
+        # the input buffer behind it, then goes on with what it parsed.
+        gw = self.gateway([limit("msgs-per-sender", key="sender", n=100),
+                           limit("rcpts-per-rcpt", key="recipient",
+                                 count="recipients", n=100)])
+        c = self.client(gw)
+        before = len(self.backend.messages)
+        rcpts = ["r%d@example.test" % i for i in range(6)]
+        lines = ["MAIL FROM:<%s> SIZE=1000 BODY=8BITMIME" % SENDER]
+        lines += ["RCPT TO:<%s> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;%s" % (r, r)
+                  for r in rcpts]
+        lines.append("DATA")
+        c.send(b"".join(l.encode() + b"\r\n" for l in lines))
+        for l in lines[:-1]:
+            r = c.read_reply()
+            self.assertEqual(r.code, 250, "%s: %s" % (l, r))
+        c.expect(354)
+        c.send(dot_stuff(make_message()))
+        c.expect(250)
+        msgs = self.backend.messages[before:]
+        self.assertEqual(len(msgs), 1)
+        self.assertEqual(msgs[0].mail_from, SENDER.lower())
+        self.assertIn(b"SIZE=1000", msgs[0].mail_line)
+        self.assertEqual(msgs[0].rcpts, rcpts)
+        for r, line in zip(rcpts, msgs[0].rcpt_lines):
+            self.assertIn(("ORCPT=rfc822;%s" % r).encode(), line)
+
     def test_connections_over_limit(self):
         gw = self.gateway([limit("conn-per-ip", count="connections", n=2,
                                  match={"client": "127.0.0.2"})])

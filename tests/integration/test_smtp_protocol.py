@@ -3,6 +3,7 @@
 
 import os
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -345,6 +346,18 @@ class ClientTimeouts(GatewayTestCase):
 
     def test_idle_client_gets_421(self):
         c = self.client(ehlo=True)
+        c.expect(421, "4.4.2", timeout=10)
+        self.assertEqual(c.wait_closed(5), b"")
+
+    def test_active_client_outlives_the_timeout(self):
+        # Commands 0.3 s apart for over twice the 1 s timeout: the timeout
+        # counts from the last command (the timer, started once, fires
+        # early and starts again for what is left), so none gets 421.
+        c = self.client(ehlo=True)
+        t_end = time.monotonic() + 2.4
+        while time.monotonic() < t_end:
+            c.expect(250, line="NOOP")
+            time.sleep(0.3)  # the client's idle time is what is under test
         c.expect(421, "4.4.2", timeout=10)
         self.assertEqual(c.wait_closed(5), b"")
 

@@ -1165,8 +1165,11 @@ test_async_abandon(const struct policy *base)
 		CHECK(flt_run_stage(run, FLT_RCPT, test_env(&b, &pol, scratch, &s)) ==
 		    FLT_PENDING);
 		call = async_call;
+		CHECK(flt_call_waiting(call));
 		flt_run_abandon(run);
 		CHECK(run->call == NULL && run->state == FLT_RUN_IDLE);
+		/* What the session pointed to must not be used now. */
+		CHECK(!flt_call_waiting(call));
 		/* The session is freed: under ASan, any use of it by the
 		 * late answer is a heap-use-after-free. */
 		free(run);
@@ -1185,6 +1188,7 @@ test_async_abandon(const struct policy *base)
 	CHECK(run->state == FLT_RUN_IDLE && run->call == NULL);
 	CHECK(flt_run_stage(run, FLT_MAIL, test_env(&b, &pol, scratch, &s)) ==
 	    FLT_PENDING);
+	CHECK(flt_call_waiting(async_call));
 	r = answer(FLT_REJECT, 550, "5.7.1 No", 0);
 	CHECK(flt_resume(async_call, &r) == 1 && o.resumed == 1);
 	flt_run_abandon(run);	/* with a verdict nobody acted on */

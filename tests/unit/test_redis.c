@@ -1096,6 +1096,114 @@ test_stall(void)
 	CHECK(h_done(&h) == 0);
 }
 
+/*
+ * Requests and batches are reused: small single checks, then requests of
+ * RL_CHECKS_MAX checks with long keys (too large to be kept for reuse),
+ * then small ones again, over several rounds.  Each key's count must be
+ * exact: a reused request carrying bytes of an older one would count the
+ * wrong key or the wrong cost.
+ */
+static void
+test_reuse(void)
+{
+	struct harness h;
+	struct rl_store *st;
+	struct rl_check small[6], big[RL_CHECKS_MAX];
+	struct ans a[8];
+	struct ans_set set = { a, NELEM(small) };
+	char key[RL_KEY_MAX + 1];
+	size_t i, k, round;
+
+	h_init(&h);
+	st = store_new(&h, &srv_plain, NULL, 0, 1000);
+	CHECK(run_until(&h, pred_ready, st, 2000));
+	for (i = 0; i < NELEM(small); i++) {
+		snprintf(key, sizeof(key), "reuse:s%zu", i);
+		/* Limits of 3 per key, a cost of 1. */
+		small[i] = chk(key, 3, 60, 1, 0);
+	}
+	for (k = 0; k < RL_CHECKS_MAX; k++) {
+		memset(key, 'a' + (int)k, RL_KEY_MAX);
+		key[RL_KEY_MAX] = '\0';
+		memcpy(key, "reuse:b", 7);
+		big[k] = chk(key, 3, 60, 1, 0);
+	}
+	for (round = 0; round < 3; round++) {
+		/* One batch of single checks (from free lists after round 0). */
+		for (i = 0; i < NELEM(small); i++)
+			CHECK(issue(&h, st, &small[i], 1, &a[i]) == 1);
+		CHECK(run_until(&h, pred_all_answered, &set, 2000));
+		for (i = 0; i < NELEM(small); i++)
+			CHECKF(a[i].calls == 1 && a[i].res.status == RL_ALLOW,
+			    "round %zu small %zu", round, i);
+		/* An outsized request. */
+		CHECK(check_wait(&h, st, big, RL_CHECKS_MAX, &a[7]) ==
+		    RL_ALLOW);
+	}
+	/* Every key was counted 3 times: the fourth is refused. */
+	for (i = 0; i < NELEM(small); i++) {
+		CHECK(check_wait(&h, st, &small[i], 1, &a[0]) == RL_DENY);
+		CHECK(a[0].res.denied == 0);
+	}
+	CHECK(check_wait(&h, st, big, RL_CHECKS_MAX, &a[0]) == RL_DENY);
+	CHECK(a[0].res.denied == 0);
+	for (k = 0; k < RL_CHECKS_MAX; k++)
+		CHECK(check_wait(&h, st, &big[k], 1, &a[0]) == RL_DENY);
+
+	rl_store_free(st);
+	CHECK(h_done(&h) == 0);
+}
+
+/*
+ * The deadline timer is not restarted for each request: a request made
+ * while it runs for an older one is still answered RL_ERROR on time, never
+ * before its own timeout, and in order.
+ */
+static void
+test_lazy_deadline(void)
+{
+	struct harness h;
+	struct rl_store *st;
+	struct rl_check c = chk("lazy", 1000, 60, 1, 0);
+	struct ans a, b, q[2];
+	struct ans_set set = { q, NELEM(q) };
+	uint64_t ta, tb;
+	int i;
+
+	h_init(&h);
+	st = store_new(&h, &srv_stall, NULL, 0, 100);
+	CHECK(run_until(&h, pred_ready, st, 2000));
+	for (i = 0; i < 20 && check_wait(&h, st, &c, 1, &a) != RL_ALLOW; i++)
+		;
+	CHECK(i < 20);
+
+	kill(srv_stall.pid, SIGSTOP);
+	CHECK(issue(&h, st, &c, 1, &q[0]) == 1);
+	/* 50 ms later: the timer runs for q[0]'s deadline. */
+	run_until(&h, NULL, NULL, 50);
+	CHECK(q[0].calls == 0);
+	CHECK(issue(&h, st, &c, 1, &q[1]) == 1);
+	CHECK(run_until(&h, pred_all_answered, &set, 3000));
+	kill(srv_stall.pid, SIGCONT);
+	CHECK(q[0].calls == 1 && q[0].res.status == RL_ERROR);
+	CHECK(q[1].calls == 1 && q[1].res.status == RL_ERROR);
+	ta = q[0].at - q[0].sent;
+	tb = q[1].at - q[1].sent;
+	CHECKF(ta >= 100 && tb >= 100, "answered after %llu and %llu ms",
+	    (unsigned long long)ta, (unsigned long long)tb);
+	CHECK(q[1].at >= q[0].at);
+	CHECK(q[1].sent > q[0].sent);
+
+	/* Answers come again; the timer left running does not answer them. */
+	for (i = 0; i < 20 && check_wait(&h, st, &c, 1, &b) != RL_ALLOW; i++)
+		;
+	CHECK(i < 20);
+	CHECK(b.calls == 1);
+
+	rl_store_free(st);
+	CHECK(h_done(&h) == 0);
+}
+
 int
 main(void)
 {
@@ -1119,6 +1227,8 @@ main(void)
 	test_shared();
 	test_free_pending();
 	test_stall();
+	test_reuse();
+	test_lazy_deadline();
 
 	TEST_DONE();
 }
