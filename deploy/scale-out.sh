@@ -292,6 +292,7 @@ gate_config() {
 			print
 			print "  # haproxy'\''s health checks (deploy/haproxy.cfg): no PROXY header."
 			print "  - address: 127.0.0.1:" chk
+			print "    quiet: true"
 			next
 		}
 		/^  - address: / {
@@ -343,9 +344,12 @@ wait_port "$submission_port" "$haproxy_pid" ||
 # Until haproxy's own checks have found both gateways up (a server starts
 # "UP" with its first check pending; "UP" alone, after it, is what counts).
 i=0
+# The check listeners are quiet: haproxy's check_status (show stat's 37th
+# field: L7OK after a passed tcp-check, INI before the first) tells.
 until n=$(servers "$sock" 2>/dev/null | grep -c ' UP$') && [ "$n" -eq 4 ] &&
-	grep -q "client=$src .*reason=\"quit\"" "$work/gate1.log" &&
-	grep -q "client=$src .*reason=\"quit\"" "$work/gate2.log"; do
+	n=$(haproxy_cmd "$sock" "show stat" 2>/dev/null |
+		awk -F, '$1 == "smtp_gates" && $37 == "L7OK"' | wc -l) &&
+	[ "$n" -eq 2 ]; do
 	i=$((i + 1))
 	if [ $i -gt 600 ] || ! kill -0 "$haproxy_pid" 2>/dev/null; then
 		servers "$sock" >&2 || true

@@ -124,6 +124,7 @@ static const struct cfg_key listen_keys[] = {
 	LV("auth",		CT_BOOL,     auth,		0, 0),
 	LV("proxy_protocol",	CT_BOOL,     proxy_protocol,	0, 0),
 	LV("proxy_from",	CT_CIDRS,    proxy_from,	0, 0),
+	LV("quiet",		CT_BOOL,     quiet,		0, 0),
 	KEND
 };
 

@@ -52,6 +52,9 @@ struct cfg_listen {
 					 * header comes first */
 	struct cidr_set	*proxy_from;	/* proxy_from: who may send it
 					 * (default: loopback) */
+	bool		 quiet;		/* quiet: a session that ends
+					 * without a transaction or an error
+					 * logs at debug (health checks) */
 	struct tlsio_ctx *tls_ctx;	/* built from the above when tls is
 					 * not none; freed with the config */
 };

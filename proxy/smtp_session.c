@@ -2705,7 +2705,9 @@ smtp_close(struct smtp_session *s, const char *why)
 	if (s->auth_req != NULL)
 		s->auth_req->s = NULL;
 	flt_run_abandon(&s->flt);
-	log_info("session end session=%s client=%s helo=%s transactions=%u "
+	log_msg(s->lsn->quiet && s->ntx == 0 && s->errors == 0 ?
+	    LOG_LVL_DEBUG : LOG_LVL_INFO,
+	    "session end session=%s client=%s helo=%s transactions=%u "
 	    "errors=%u state=%s tls=%s user=%s reason=\"%s\" duration=%.3f",
 	    s->idstr, s->addr, s->client.helo[0] ? s->client.helo : "-",
 	    s->ntx, s->errors, smtp_strstate[s->state],

@@ -2,6 +2,7 @@
 """Inbound SMTP behaviour of the gateway (in front of a RecordingBackend)."""
 
 import os
+import re
 import sys
 import time
 import unittest
@@ -339,6 +340,45 @@ class MaxConnections(GatewayTestCase):
         # The gateway notices the close asynchronously: retry until a new
         # session is let in.
         wait_until(greeted, 10, "a 220 after a slot was freed")
+
+
+class QuietListener(GatewayTestCase):
+    """quiet: true (a health-check listener): a session without a
+    transaction or an error logs its end at debug; anything else, and every
+    session on another listener, at info."""
+    OVERRIDES = {"listen": [{"quiet": True}, {}]}
+
+    def session_end(self, helo):
+        m = wait_until(lambda: re.search(r"^\S+ (\w+) session end session=\S+ client=\S+ "
+                                         r"helo=%s " % re.escape(helo), self.gw.log, re.M),
+                       10, "the session end line of " + helo)
+        return m.group(1)
+
+    def test_check_session_logs_at_debug(self):
+        c = self.client(listener=0)
+        c.expect(250, line="EHLO check.quiet.test")
+        c.expect(221, line="QUIT")
+        self.assertEqual(self.session_end("check.quiet.test"), "debug")
+
+    def test_session_with_transaction_logs_at_info(self):
+        c = self.client(listener=0)
+        c.expect(250, line="EHLO mail.quiet.test")
+        c.transaction("a@client.example.test", ["user@example.test"], make_message())
+        c.expect(221, line="QUIT")
+        self.assertEqual(self.session_end("mail.quiet.test"), "info")
+
+    def test_session_with_error_logs_at_info(self):
+        c = self.client(listener=0)
+        c.expect(250, line="EHLO error.quiet.test")
+        c.expect(500, line="FROB")
+        c.expect(221, line="QUIT")
+        self.assertEqual(self.session_end("error.quiet.test"), "info")
+
+    def test_other_listener_logs_at_info(self):
+        c = self.client(listener=1)
+        c.expect(250, line="EHLO loud.quiet.test")
+        c.expect(221, line="QUIT")
+        self.assertEqual(self.session_end("loud.quiet.test"), "info")
 
 
 class ClientTimeouts(GatewayTestCase):
