@@ -48,6 +48,12 @@
 #   LOADTEST_ROUNDS    rounds [3]
 #   SMTPGATE_BIN       the binary (default: build/smtpgate, built if absent)
 #   SMTPGATE_KEEP_TMP=1 keep the work directory (configs, logs)
+#   LOADTEST_PIN=1     Postfix's processes on CPU 0 only; smtp-source,
+#                      smtpgate and Redis on CPU 1: Postfix has the same
+#                      CPU in both targets, as when the gateway runs on
+#                      hosts of its own, so the ratio shows what smtpgate
+#                      costs Postfix (its extra XCLIENT/EHLO work, latency)
+#                      rather than the CPU they share [0]
 set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
 deploy=$repo/deploy
@@ -138,6 +144,13 @@ read -r smtp_port submission_port postfix_port redis_port metrics_port < <(free_
 # --- Redis, Postfix ----------------------------------------------------------
 redis_start "$work/redis" "$redis_port" || fail "Redis did not start"
 redis_pid=$REDIS_PID
+pin=${LOADTEST_PIN:-0}
+client_cpu=()
+if [ "$pin" = 1 ]; then
+	command -v taskset >/dev/null || fail "LOADTEST_PIN=1 needs taskset"
+	taskset -a -p -c 1 "$redis_pid" >/dev/null
+	client_cpu=(taskset -c 1)
+fi
 pf=$work/postfix
 postfix_started=1
 postfix_start "$pf" "$postfix_port" \
@@ -147,6 +160,12 @@ postfix_start "$pf" "$postfix_port" \
 	"max_use = 1000000" ||
 	fail "Postfix did not start"
 master=$(postfix_master "$pf")
+if [ "$pin" = 1 ]; then
+	# Its children to come inherit the master's CPU set.
+	for p in $master $(pgrep -P "$master"); do
+		taskset -a -p -c 0 "$p" >/dev/null
+	done
+fi
 
 # --- smtpgate ------------------------------------------------------------------
 policy=$work/policy
@@ -181,8 +200,10 @@ printf '%s\n' "$conf" >"$sg/smtpgate.yaml"
 "$work/smtpgate.bin" -c "$sg/smtpgate.yaml" 2>"$work/smtpgate.log" &
 gate_pid=$!
 wait_greeting "$smtp_port" "$work/smtpgate.log" "$gate_pid" || fail "smtpgate does not greet"
+[ "$pin" = 1 ] && taskset -a -p -c 1 "$gate_pid" >/dev/null
 
 echo "loadtest: smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE per run; Postfix $(postconf -c "$pf/conf" -h mail_version) (discard transport), smtpgate workers: $(awk '/^workers:/ { print $2 }' "$sg/smtpgate.yaml") (0: one per core), $(nproc) cores"
+[ "$pin" = 1 ] && echo "pinned (LOADTEST_PIN=1): Postfix on CPU 0; smtp-source, smtpgate, Redis on CPU 1"
 echo "work directory: $work"
 
 # --- one run ---------------------------------------------------------------------
@@ -206,7 +227,7 @@ run() {
 	python3 "$stat" cpu "$master" "$gate_pid" "$redis_pid" >"$work/cpu0"
 	t0=$(date +%s.%N)
 	rc=0
-	smtp-source -c "${dflag[@]}" -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" \
+	"${client_cpu[@]}" smtp-source -c "${dflag[@]}" -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" \
 		-M "$HELO" -f "$sender" -t "$RCPT" "127.0.0.1:$port" \
 		>"$work/source.out" 2>"$work/source.err" || rc=$?
 	t1=$(date +%s.%N)
