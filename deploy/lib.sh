@@ -135,6 +135,16 @@ work_dir() {
 	chmod 0755 "$work"
 }
 
+# work_done PROG: removes $work, or keeps it, saying so, when
+# SMTPGATE_KEEP_TMP is 1.
+work_done() {
+	if [ "${SMTPGATE_KEEP_TMP:-}" = 1 ]; then
+		echo "$1: kept $work"
+	else
+		rm -rf "$work"
+	fi
+}
+
 # --- Redis -------------------------------------------------------------
 
 # redis_start DIR PORT: redis-server with deploy/redis/redis.conf on
