@@ -3,7 +3,8 @@
 # run-local.sh, scale-out.sh and loadtest.sh run the files of the compose
 # deployment natively on 127.0.0.1 with them: a redis-server, a private
 # Postfix with deploy/postfix/'s configuration and smtpgate with
-# deploy/smtpgate/smtpgate.yaml.  The measurement scripts (scale10k.sh)
+# deploy/smtpgate/smtpgate.yaml.  The measurement scripts (bench.sh,
+# tlsbench.sh, testssl.sh, scale10k.sh)
 # use the ports, process and /proc helpers and the background process
 # bookkeeping at the end.  None of them exits: each returns non-zero with
 # a message on stderr and leaves the decision to its caller.
@@ -287,6 +288,9 @@ proc_cpu_ticks() {
 proc_rss_kb() {
 	awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status" 2>/dev/null
 }
+
+# mb KB: KB in MB, one decimal.
+mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 # --- Background processes of the measurement scripts --------------------
 #

@@ -69,7 +69,6 @@ failures=0
 trap 'cleanup_pids "logs and configs"' EXIT
 trap 'exit 130' INT TERM
 
-mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 sink_msgs() {
 	tr '\r' '\n' <"$work/sink.out" | awk -F'mesg=' 'NF > 1 { n = $2 + 0 } END { print n + 0 }'
 }
