@@ -38,6 +38,9 @@ set -u
 
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
+deploy=$here
+# shellcheck source=deploy/lib.sh
+. "$deploy/lib.sh"
 
 CERTS=${TESTSSL_CERTS:-rsa ecdsa}
 SMTPGATE_BIN=${SMTPGATE:-$top/build/smtpgate}
@@ -82,47 +85,9 @@ cp "$SMTPGATE_BIN" "$work/smtpgate" || die "cannot copy $SMTPGATE_BIN"
 pids=()                 # every background process we started
 failures=0              # HIGH/CRITICAL findings and scan problems
 
-# shellcheck disable=SC2317  # invoked by the EXIT trap
-cleanup() {
-	local p
-	for p in "${pids[@]}"; do
-		kill -TERM "$p" 2>/dev/null
-	done
-	sleep 0.3
-	for p in "${pids[@]}"; do
-		kill -KILL "$p" 2>/dev/null
-	done
-	wait 2>/dev/null
-	if [ "$KEEP" = 1 ] || [ "$failures" -gt 0 ]; then
-		note "logs, JSON and configs kept in $work"
-	else
-		rm -rf "$work"
-	fi
-}
-trap cleanup EXIT
+trap 'cleanup_pids "logs, JSON and configs"' EXIT
 trap 'exit 130' INT TERM
 
-# N distinct free ports on 127.0.0.1.
-free_ports() {
-	python3 -c '
-import socket, sys
-ss = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in ss:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in ss))' "$1"
-}
-
-# wait_port PORT PID: until something accepts on 127.0.0.1:PORT.
-wait_port() {
-	for _ in $(seq 100); do
-		kill -0 "$2" 2>/dev/null || return 1
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	return 1
-}
 
 # ---- the certificates -------------------------------------------------------------
 
