@@ -329,6 +329,27 @@ stop_pid() {
 	return "$hung"
 }
 
+# sink_start PORT BACKLOG [OPTION...]: $SMTP_SINK (Postfix's smtp-sink)
+# with OPTIONs on 127.0.0.1:PORT, as nobody when run as root, its output
+# in $work/sink.out and sink.err; sets SINK_PID, adds it to pids and waits
+# until it accepts.
+sink_start() {
+	local port=$1 backlog=$2 user=()
+	shift 2
+	[ "$(id -u)" = 0 ] && user=(-u nobody)
+	"$SMTP_SINK" "${user[@]}" "$@" "127.0.0.1:$port" "$backlog" \
+	    >"$work/sink.out" 2>"$work/sink.err" &
+	SINK_PID=$!
+	pids+=("$SINK_PID")
+	wait_port "$port" "$SINK_PID"
+}
+
+# sink_msgs: the messages the sink has received so far (its last -c
+# counter line).
+sink_msgs() {
+	tr '\r' '\n' <"$work/sink.out" | awk -F'mesg=' 'NF > 1 { n = $2 + 0 } END { print n + 0 }'
+}
+
 # cleanup_pids WHAT: the EXIT trap: SIGTERM to every process left in pids,
 # SIGKILL 0.3 s later, waits for them; then removes the work directory
 # $work, unless KEEP is 1 or there were failures: then it notes that WHAT

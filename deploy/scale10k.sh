@@ -69,21 +69,11 @@ failures=0
 trap 'cleanup_pids "logs and configs"' EXIT
 trap 'exit 130' INT TERM
 
-sink_msgs() {
-	tr '\r' '\n' <"$work/sink.out" | awk -F'mesg=' 'NF > 1 { n = $2 + 0 } END { print n + 0 }'
-}
-
 read -r SINK_PORT GATE_PORT <<<"$(free_ports 2)"
 [ -n "$GATE_PORT" ] || die "cannot pick free ports"
 ticks=$(getconf CLK_TCK)
 
-sink_user=()
-[ "$(id -u)" = 0 ] && sink_user=(-u nobody)
-"$SMTP_SINK" "${sink_user[@]}" -c -m 4096 -t 300 "127.0.0.1:$SINK_PORT" 4096 \
-    >"$work/sink.out" 2>"$work/sink.err" &
-SINK_PID=$!
-pids+=("$SINK_PID")
-wait_port "$SINK_PORT" "$SINK_PID" || die "smtp-sink did not start: $(cat "$work/sink.err")"
+sink_start "$SINK_PORT" 4096 -c -m 4096 -t 300 || die "smtp-sink did not start: $(cat "$work/sink.err")"
 
 cat >"$work/smtpgate.yaml" <<EOF
 hostname: gate.scale.test

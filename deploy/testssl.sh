@@ -125,13 +125,7 @@ read -r SINK_PORT RSA_PORT ECDSA_PORT <<<"$(free_ports 3)"
 [ -n "$ECDSA_PORT" ] || die "cannot pick free ports"
 declare -A port=([rsa]=$RSA_PORT [ecdsa]=$ECDSA_PORT)
 
-sink_user=()
-[ "$(id -u)" = 0 ] && sink_user=(-u nobody)
-"$SMTP_SINK" "${sink_user[@]}" -c 127.0.0.1:"$SINK_PORT" 128 \
-    >"$work/sink.out" 2>"$work/sink.err" &
-SINK_PID=$!
-pids+=("$SINK_PID")
-wait_port "$SINK_PORT" "$SINK_PID" || die "smtp-sink did not start: $(cat "$work/sink.err")"
+sink_start "$SINK_PORT" 128 -c || die "smtp-sink did not start: $(cat "$work/sink.err")"
 
 {
 	cat <<EOF

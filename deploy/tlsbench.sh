@@ -115,18 +115,7 @@ read -r SINK_PORT PLAIN_PORT STLS_PORT IMPL_PORT RSA_PORT <<<"$(free_ports 5)"
 [ -n "$RSA_PORT" ] || die "cannot pick free ports"
 ticks=$(getconf CLK_TCK)
 
-sink_user=()
-[ "$(id -u)" = 0 ] && sink_user=(-u nobody)
-"$SMTP_SINK" "${sink_user[@]}" -c -m 4096 -t 300 "127.0.0.1:$SINK_PORT" 4096 \
-    >"$work/sink.out" 2>"$work/sink.err" &
-SINK_PID=$!
-pids+=("$SINK_PID")
-wait_port "$SINK_PORT" "$SINK_PID" || die "smtp-sink did not start: $(cat "$work/sink.err")"
-
-# Messages the sink has received so far.
-sink_msgs() {
-	tr '\r' '\n' <"$work/sink.out" | awk -F'mesg=' 'NF > 1 { n = $2 + 0 } END { print n + 0 }'
-}
+sink_start "$SINK_PORT" 4096 -c -m 4096 -t 300 || die "smtp-sink did not start: $(cat "$work/sink.err")"
 
 cat >"$work/smtpgate.yaml" <<EOF
 hostname: gate.bench.test
