@@ -122,7 +122,6 @@ failures=0              # runs with errors
 trap 'cleanup_pids "logs and configs"' EXIT
 trap 'exit 130' INT TERM
 
-
 status_kb() {           # status_kb PID FIELD -> kB (e.g. VmRSS, VmHWM)
 	awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null
 }
@@ -131,7 +130,6 @@ status_kb() {           # status_kb PID FIELD -> kB (e.g. VmRSS, VmHWM)
 reset_hwm() {
 	echo 5 2>/dev/null >"/proc/$1/clear_refs"
 }
-
 
 # ---- the processes ------------------------------------------------------------
 

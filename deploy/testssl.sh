@@ -80,14 +80,13 @@ done
 work=$(mktemp -d /tmp/smtpgate-testssl.XXXXXX) || die "mktemp failed"
 cp "$SMTPGATE_BIN" "$work/smtpgate" || die "cannot copy $SMTPGATE_BIN"
 
-# ---- process bookkeeping (as deploy/bench.sh) ---------------------------------
+# ---- process bookkeeping (deploy/lib.sh) -------------------------------------
 
 pids=()                 # every background process we started
 failures=0              # HIGH/CRITICAL findings and scan problems
 
 trap 'cleanup_pids "logs, JSON and configs"' EXIT
 trap 'exit 130' INT TERM
-
 
 # ---- the certificates -------------------------------------------------------------
 

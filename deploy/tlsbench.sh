@@ -80,14 +80,13 @@ done
 work=$(mktemp -d /tmp/smtpgate-tlsbench.XXXXXX) || die "mktemp failed"
 cp "$SMTPGATE_BIN" "$work/smtpgate" || die "cannot copy $SMTPGATE_BIN"
 
-# ---- process bookkeeping (as deploy/bench.sh) ---------------------------------
+# ---- process bookkeeping (deploy/lib.sh) -------------------------------------
 
 pids=()                 # every background process we started
 failures=0              # runs with errors
 
 trap 'cleanup_pids "logs and configs"' EXIT
 trap 'exit 130' INT TERM
-
 
 # ---- the load client and the certificates ---------------------------------------
 
