@@ -175,8 +175,10 @@ static void
 worker_accept_cb(uv_poll_t *p, int status, int events)
 {
 	struct worker	*w = p->data;
-	unsigned	 idx = (unsigned)(p - w->listeners), i;
-	int		 fd, e;
+	struct sockaddr_storage	 peer;
+	socklen_t		 plen;
+	unsigned		 idx = (unsigned)(p - w->listeners), i;
+	int			 fd, e;
 
 	(void)events;
 	if (status < 0) {
@@ -186,13 +188,15 @@ worker_accept_cb(uv_poll_t *p, int status, int events)
 	}
 	for (i = 0; i < ACCEPT_BATCH && !w->accept_paused && !w->draining;
 	    i++) {
-		fd = accept4(w->fds[idx], NULL, NULL,
+		plen = sizeof(peer);
+		memset(&peer, 0, sizeof(peer));
+		fd = accept4(w->fds[idx], (struct sockaddr *)&peer, &plen,
 		    SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd >= 0) {
 			if (worker_fds_short(w, fd))
 				worker_refuse(w, idx, fd);
 			else
-				smtp_session_accept(w, fd, idx);
+				smtp_session_accept(w, fd, &peer, idx);
 			continue;
 		}
 		switch (e = errno) {
