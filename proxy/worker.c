@@ -347,14 +347,17 @@ worker_rl_open(struct worker *w)
 	char			 host[64], name[32];
 	const struct sockaddr	*sa = (const struct sockaddr *)&cfg->redis_addr.ss;
 
-	if (cfg->redis_addr.sslen == 0) {
+	if (cfg->redis_addr.sslen == 0 && cfg->redis_socket == NULL) {
 		w->rl = w->ctx->rl_mem;
 		return;
 	}
-	if (sa->sa_family == AF_INET6) {
+	p.path = cfg->redis_socket;
+	p.port = 0;
+	host[0] = '\0';
+	if (p.path == NULL && sa->sa_family == AF_INET6) {
 		uv_ip6_name((const struct sockaddr_in6 *)sa, host, sizeof(host));
 		p.port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
-	} else {
+	} else if (p.path == NULL) {
 		uv_ip4_name((const struct sockaddr_in *)sa, host, sizeof(host));
 		p.port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
 	}
