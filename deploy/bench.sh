@@ -50,6 +50,9 @@ set -u
 
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
+deploy=$here
+# shellcheck source=deploy/lib.sh
+. "$deploy/lib.sh"
 helpers=$here/bench
 
 MESSAGES=${BENCH_MESSAGES:-20000}
@@ -119,82 +122,11 @@ cp "$SMTPGATE_BIN" "$work/smtpgate" || die "cannot copy $SMTPGATE_BIN"
 pids=()                 # every background process we started
 failures=0              # runs with errors
 
-# shellcheck disable=SC2317  # invoked by the EXIT trap
-cleanup() {
-	local p
-	for p in "${pids[@]}"; do
-		kill -TERM "$p" 2>/dev/null
-	done
-	sleep 0.3
-	for p in "${pids[@]}"; do
-		kill -KILL "$p" 2>/dev/null
-	done
-	wait 2>/dev/null
-	if [ "$KEEP" = 1 ] || [ "$failures" -gt 0 ]; then
-		note "logs and configs kept in $work"
-	else
-		rm -rf "$work"
-	fi
-}
-trap cleanup EXIT
+trap 'cleanup_pids "logs and configs"' EXIT
 trap 'exit 130' INT TERM
-
-forget_pid() {
-	local p keep=()
-	for p in "${pids[@]}"; do
-		[ "$p" = "$1" ] || keep+=("$p")
-	done
-	pids=("${keep[@]}")
-}
-
-# stop_pid PID NAME [TIMEOUT]: SIGTERM, then wait up to TIMEOUT seconds
-# before SIGKILL.  Sets stop_rc to the exit status; returns 1 on a hang.
-stop_pid() {
-	local pid=$1 name=$2 t=${3:-15} wd hung=0
-	kill -TERM "$pid" 2>/dev/null
-	( sleep "$t"; kill -KILL "$pid" 2>/dev/null ) &
-	wd=$!
-	wait "$pid" 2>/dev/null
-	stop_rc=$?
-	if kill -0 "$wd" 2>/dev/null; then
-		kill "$wd" 2>/dev/null
-		wait "$wd" 2>/dev/null
-	else
-		hung=1
-		note "ERROR: $name (pid $pid) did not exit within ${t}s of SIGTERM; killed"
-	fi
-	forget_pid "$pid"
-	return "$hung"
-}
-
-# N distinct free ports on 127.0.0.1.
-free_ports() {
-	python3 -c '
-import socket, sys
-ss = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in ss:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in ss))' "$1"
-}
-
-# wait_port PORT PID: until something accepts on 127.0.0.1:PORT.
-wait_port() {
-	for _ in $(seq 100); do
-		kill -0 "$2" 2>/dev/null || return 1
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	return 1
-}
 
 status_kb() {           # status_kb PID FIELD -> kB (e.g. VmRSS, VmHWM)
 	awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null
-}
-
-cpu_ticks() {           # utime + stime of PID, in clock ticks
-	sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }'
 }
 
 # Resets the peak RSS (VmHWM) of PID to its current RSS, if allowed.
@@ -202,29 +134,16 @@ reset_hwm() {
 	echo 5 2>/dev/null >"/proc/$1/clear_refs"
 }
 
-mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-
 # ---- the processes ------------------------------------------------------------
 
 read -r SINK_PORT GATE_PORT HAP_PORT POL_PORT RL_PORT REDIS_PORT <<<"$(free_ports 6)"
 [ -n "$REDIS_PORT" ] || die "cannot pick free ports"
 ticks=$(getconf CLK_TCK)
 
-sink_user=()
-[ "$(id -u)" = 0 ] && sink_user=(-u nobody)
 # -c: running counters (sessions, QUITs, messages), one update per event;
 # the last one says how many messages the sink received.  PIPELINING,
 # XCLIENT and 8BITMIME stay announced (the defaults).
-"$SMTP_SINK" "${sink_user[@]}" -c -m 4096 -t 300 "127.0.0.1:$SINK_PORT" 4096 \
-    >"$work/sink.out" 2>"$work/sink.err" &
-SINK_PID=$!
-pids+=("$SINK_PID")
-wait_port "$SINK_PORT" "$SINK_PID" || die "smtp-sink did not start: $(cat "$work/sink.err")"
-
-# Messages the sink has received so far.
-sink_msgs() {
-	tr '\r' '\n' <"$work/sink.out" | awk -F'mesg=' 'NF > 1 { n = $2 + 0 } END { print n + 0 }'
-}
+sink_start "$SINK_PORT" 4096 -c -m 4096 -t 300 || die "smtp-sink did not start: $(cat "$work/sink.err")"
 
 cat >"$work/smtpgate.yaml" <<EOF
 hostname: gate.bench.test
@@ -387,7 +306,7 @@ redis_snap() {
 	for k in "${RL_KEYS[@]}"; do
 		tats+=("$(rcli GET "$k" | awk '$1 != "" { v = $1 } END { printf "%.0f", v + 0 }')")
 	done
-	echo "$evals ${now:-0} ${tats[*]} $(cpu_ticks "$REDIS_PID")"
+	echo "$evals ${now:-0} ${tats[*]} $(proc_cpu_ticks "$REDIS_PID")"
 }
 
 RL_PID=
@@ -526,7 +445,7 @@ load() {
 
 	before=$(sink_msgs)
 	if [ -n "$pid" ]; then
-		cpu0=$(cpu_ticks "$pid")
+		cpu0=$(proc_cpu_ticks "$pid")
 	fi
 	if [ -n "$glog" ]; then
 		log0=$(wc -l <"$glog")
@@ -547,7 +466,7 @@ load() {
 	[ "$target" = ratelimit ] && rs1=$(redis_snap)
 
 	if [ -n "$pid" ]; then
-		cpu1=$(cpu_ticks "$pid")
+		cpu1=$(proc_cpu_ticks "$pid")
 	fi
 	if [ -n "$spid" ]; then
 		kill -TERM "$spid"

@@ -1,10 +1,13 @@
 # shellcheck shell=bash
-# deploy/lib.sh: shell helpers of run-local.sh, scale-out.sh and
-# loadtest.sh (bash; source it).  They run the files of the compose
-# deployment natively on 127.0.0.1: a redis-server, a private Postfix with
-# deploy/postfix/'s configuration and smtpgate with
-# deploy/smtpgate/smtpgate.yaml.  None of them exits: each returns non-zero
-# with a message on stderr and leaves the decision to its caller.
+# deploy/lib.sh: shell helpers of the deploy/ scripts (bash; source it).
+# run-local.sh, scale-out.sh and loadtest.sh run the files of the compose
+# deployment natively on 127.0.0.1 with them: a redis-server, a private
+# Postfix with deploy/postfix/'s configuration and smtpgate with
+# deploy/smtpgate/smtpgate.yaml.  The measurement scripts (bench.sh,
+# tlsbench.sh, testssl.sh, scale10k.sh)
+# use the ports, process and /proc helpers and the background process
+# bookkeeping at the end.  None of them exits: each returns non-zero with
+# a message on stderr and leaves the decision to its caller.
 #
 # Needs: deploy, the deploy/ directory.
 : "${deploy:?deploy/lib.sh needs \$deploy, the deploy/ directory}"
@@ -86,6 +89,61 @@ stop_wait() {
 	done
 	wait "$pid" 2>/dev/null || rc=$?
 	return "$rc"
+}
+
+# --- Script set-up -----------------------------------------------------
+
+# need_root PROG: fails, with a word from PROG, unless run as root (the
+# master of a private Postfix starts as root).
+need_root() {
+	[ "$(id -u)" -eq 0 ] && return 0
+	echo "$1: run me as root (Postfix's master starts as root)" >&2
+	return 1
+}
+
+# need_tools PROG TOOL...: adds /usr/sbin and /sbin to PATH (Postfix's
+# commands), then fails naming the first TOOL that is not found.
+need_tools() {
+	local prog=$1 tool
+	shift
+	PATH=$PATH:/usr/sbin:/sbin
+	for tool; do
+		command -v "$tool" >/dev/null && continue
+		echo "$prog: $tool is missing; deploy/install-deps.sh installs it" >&2
+		return 1
+	done
+}
+
+# gate_bin: sets bin to $SMTPGATE_BIN, or to build/smtpgate, which is built
+# (RelWithDebInfo) when absent.
+gate_bin() {
+	local top
+	top=$(dirname "$deploy")
+	bin=${SMTPGATE_BIN:-$top/build/smtpgate}
+	if [ -z "${SMTPGATE_BIN:-}" ] && [ ! -x "$bin" ]; then
+		cmake -S "$top" -B "$top/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+			>/dev/null || return 1
+		cmake --build "$top/build" -j "$(nproc)" --target smtpgate \
+			>/dev/null || return 1
+	fi
+}
+
+# work_dir NAME: sets work to a new directory /tmp/smtpgate-NAME.XXXXXX,
+# mode 0755: Postfix takes a maillog_file only under /tmp, and its
+# unprivileged processes reach their directories in it.
+work_dir() {
+	work=$(mktemp -d "/tmp/smtpgate-$1.XXXXXX") || return 1
+	chmod 0755 "$work"
+}
+
+# work_done PROG: removes $work, or keeps it, saying so, when
+# SMTPGATE_KEEP_TMP is 1.
+work_done() {
+	if [ "${SMTPGATE_KEEP_TMP:-}" = 1 ]; then
+		echo "$1: kept $work"
+	else
+		rm -rf "$work"
+	fi
 }
 
 # --- Redis -------------------------------------------------------------
@@ -229,4 +287,87 @@ proc_cpu_ticks() {
 # proc_rss_kb PID: VmRSS of PID in kB ("" when gone).
 proc_rss_kb() {
 	awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status" 2>/dev/null
+}
+
+# mb KB: KB in MB, one decimal.
+mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+# --- Background processes of the measurement scripts --------------------
+#
+# The script keeps the pid of every background process it starts in the
+# array pids (pids+=("$!")) and counts errors in failures, and defines
+# note MESSAGE, which prints MESSAGE with the script's name on stderr.
+
+# forget_pid PID: drops PID from pids (it was stopped or waited for).
+forget_pid() {
+	local p keep=()
+	for p in "${pids[@]}"; do
+		[ "$p" = "$1" ] || keep+=("$p")
+	done
+	pids=("${keep[@]}")
+}
+
+# stop_pid PID NAME [TIMEOUT]: SIGTERM to PID, then waits for it, SIGKILL
+# after TIMEOUT [15] seconds; forgets it.  Sets stop_rc to its exit status;
+# returns 1 (with a note) when it had to be killed.
+stop_pid() {
+	local pid=$1 name=$2 t=${3:-15} wd hung=0
+	kill -TERM "$pid" 2>/dev/null
+	( sleep "$t"; kill -KILL "$pid" 2>/dev/null ) &
+	wd=$!
+	wait "$pid" 2>/dev/null
+	# shellcheck disable=SC2034  # for the caller
+	stop_rc=$?
+	if kill -0 "$wd" 2>/dev/null; then
+		kill "$wd" 2>/dev/null
+		wait "$wd" 2>/dev/null
+	else
+		hung=1
+		note "ERROR: $name (pid $pid) did not exit within ${t}s of SIGTERM; killed"
+	fi
+	forget_pid "$pid"
+	return "$hung"
+}
+
+# sink_start PORT BACKLOG [OPTION...]: $SMTP_SINK (Postfix's smtp-sink)
+# with OPTIONs on 127.0.0.1:PORT, as nobody when run as root, its output
+# in $work/sink.out and sink.err; sets SINK_PID, adds it to pids and waits
+# until it accepts.
+sink_start() {
+	local port=$1 backlog=$2 user=()
+	shift 2
+	[ "$(id -u)" = 0 ] && user=(-u nobody)
+	"$SMTP_SINK" "${user[@]}" "$@" "127.0.0.1:$port" "$backlog" \
+	    >"$work/sink.out" 2>"$work/sink.err" &
+	SINK_PID=$!
+	pids+=("$SINK_PID")
+	wait_port "$port" "$SINK_PID"
+}
+
+# sink_msgs: the messages the sink has received so far (its last -c
+# counter line).
+sink_msgs() {
+	tr '\r' '\n' <"$work/sink.out" | awk -F'mesg=' 'NF > 1 { n = $2 + 0 } END { print n + 0 }'
+}
+
+# cleanup_pids WHAT: the EXIT trap: SIGTERM to every process left in pids,
+# SIGKILL 0.3 s later, waits for them; then removes the work directory
+# $work, unless KEEP is 1 or there were failures: then it notes that WHAT
+# (e.g. "logs and configs") are kept there.
+cleanup_pids() {
+	local p
+	for p in "${pids[@]}"; do
+		kill -TERM "$p" 2>/dev/null
+	done
+	sleep 0.3
+	for p in "${pids[@]}"; do
+		kill -KILL "$p" 2>/dev/null
+	done
+	wait 2>/dev/null
+	# shellcheck disable=SC2153,SC2154  # the caller's
+	if [ "$KEEP" = 1 ] || [ "$failures" -gt 0 ]; then
+		note "$1 kept in $work"
+	else
+		rm -rf "$work"
+	fi
 }

@@ -80,29 +80,16 @@ case "${1:-}" in
 *) echo "usage: loadtest.sh [--soak MINUTES]" >&2; exit 2 ;;
 esac
 
-if [ "$(id -u)" -ne 0 ]; then
-	echo "loadtest.sh: run me as root (Postfix's master starts as root)" >&2
-	exit 1
-fi
-PATH=$PATH:/usr/sbin:/sbin
-for tool in postfix postconf postqueue smtp-source redis-server redis-cli openssl python3; do
-	command -v "$tool" >/dev/null || {
-		echo "loadtest.sh: $tool is missing; deploy/install-deps.sh installs it" >&2
-		exit 1
-	}
-done
-bin=${SMTPGATE_BIN:-$repo/build/smtpgate}
-if [ -z "${SMTPGATE_BIN:-}" ] && [ ! -x "$bin" ]; then
-	cmake -S "$repo" -B "$repo/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-	cmake --build "$repo/build" -j "$(nproc)" --target smtpgate >/dev/null
-fi
+need_root loadtest.sh || exit 1
+need_tools loadtest.sh postfix postconf postqueue smtp-source redis-server redis-cli openssl python3 || exit 1
+gate_bin || exit 1
 
-work=$(mktemp -d /tmp/smtpgate-loadtest.XXXXXX)
-chmod 0755 "$work"
+work_dir loadtest || exit 1
 # A copy: a rebuild during the run does not change the binary under test.
 cp "$bin" "$work/smtpgate.bin"
 
 redis_pid="" gate_pid="" rss_pid="" postfix_started=0 status=0
+# shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
 	trap - EXIT INT TERM
 	if [ -n "$rss_pid" ]; then

@@ -43,27 +43,12 @@ case "${1:-}" in
 *) echo "usage: run-local.sh [--once]" >&2; exit 2 ;;
 esac
 
-if [ "$(id -u)" -ne 0 ]; then
-	echo "run-local.sh: run me as root (Postfix's master starts as root)" >&2
-	exit 1
-fi
-PATH=$PATH:/usr/sbin:/sbin
-for tool in postfix postconf redis-server redis-cli openssl swaks python3; do
-	command -v "$tool" >/dev/null || {
-		echo "run-local.sh: $tool is missing; deploy/install-deps.sh installs it" >&2
-		exit 1
-	}
-done
+need_root run-local.sh || exit 1
+need_tools run-local.sh postfix postconf redis-server redis-cli openssl swaks python3 || exit 1
 
-bin=${SMTPGATE_BIN:-$repo/build/smtpgate}
-if [ -z "${SMTPGATE_BIN:-}" ] && [ ! -x "$bin" ]; then
-	cmake -S "$repo" -B "$repo/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-	cmake --build "$repo/build" -j "$(nproc)" --target smtpgate >/dev/null
-fi
+gate_bin || exit 1
 
-# Postfix accepts a maillog_file only under maillog_file_prefixes: /tmp.
-work=$(mktemp -d /tmp/smtpgate-local.XXXXXX)
-chmod 0755 "$work"
+work_dir local || exit 1
 
 redis_pid="" gate_pid="" tail_pid="" postfix_started=0 status=0
 
@@ -93,11 +78,7 @@ cleanup() {
 		kill -TERM "$tail_pid" 2>/dev/null || true
 		wait "$tail_pid" 2>/dev/null || true
 	fi
-	if [ "${SMTPGATE_KEEP_TMP:-}" = 1 ]; then
-		echo "run-local.sh: kept $work"
-	else
-		rm -rf "$work"
-	fi
+	work_done run-local.sh
 	echo "run-local.sh: stopped"
 	exit "$status"
 }

@@ -165,23 +165,10 @@ esac
 
 # --- run -----------------------------------------------------------------
 
-if [ "$(id -u)" -ne 0 ]; then
-	echo "scale-out.sh: run me as root (Postfix's master starts as root)" >&2
-	exit 1
-fi
-PATH=$PATH:/usr/sbin:/sbin
-for tool in postfix postconf redis-server redis-cli haproxy openssl python3; do
-	command -v "$tool" >/dev/null || {
-		echo "scale-out.sh: $tool is missing; deploy/install-deps.sh installs it" >&2
-		exit 1
-	}
-done
+need_root scale-out.sh || exit 1
+need_tools scale-out.sh postfix postconf redis-server redis-cli haproxy openssl python3 || exit 1
 
-bin=${SMTPGATE_BIN:-$repo/build/smtpgate}
-if [ -z "${SMTPGATE_BIN:-}" ] && [ ! -x "$bin" ]; then
-	cmake -S "$repo" -B "$repo/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-	cmake --build "$repo/build" -j "$(nproc)" --target smtpgate >/dev/null
-fi
+gate_bin || exit 1
 policy=${POLICY_DIR:-$deploy/policy}
 [ -f "$policy/policy.yaml" ] || {
 	echo "scale-out.sh: no policy.yaml in $policy" >&2
@@ -190,8 +177,7 @@ policy=${POLICY_DIR:-$deploy/policy}
 policy=$(cd "$policy" && pwd)
 src=${HAPROXY_SOURCE:-127.0.10.1}
 
-work=$(mktemp -d /tmp/smtpgate-scaleout.XXXXXX)
-chmod 0755 "$work"
+work_dir scaleout || exit 1
 
 redis_pid="" haproxy_pid="" tail_pid="" postfix_started=0 status=0
 gate_pids=()
@@ -201,6 +187,7 @@ gate_pids=()
 # transactions in flight finish), haproxy exits with its last session,
 # then Postfix and Redis.  A gateway that exits with an error (a sanitizer
 # report, say) makes the script fail.
+# shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
 	local i rc
 	trap - EXIT INT TERM
@@ -232,11 +219,7 @@ cleanup() {
 		kill -TERM "$tail_pid" 2>/dev/null || true
 		wait "$tail_pid" 2>/dev/null || true
 	fi
-	if [ "${SMTPGATE_KEEP_TMP:-}" = 1 ]; then
-		echo "scale-out.sh: kept $work"
-	else
-		rm -rf "$work"
-	fi
+	work_done scale-out.sh
 	echo "scale-out.sh: stopped"
 	exit "$status"
 }

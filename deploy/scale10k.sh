@@ -32,7 +32,10 @@
 #   SCALE_KEEP=1    keep the work directory (configs, logs)
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
-helpers=$top/deploy/bench
+deploy=$top/deploy
+helpers=$deploy/bench
+# shellcheck source=deploy/lib.sh
+. "$deploy/lib.sh"
 
 IDLE=${SCALE_IDLE:-10000}
 MESSAGES=${SCALE_MESSAGES:-5000}
@@ -63,91 +66,14 @@ cp "$SMTPGATE_BIN" "$work/smtpgate" || die "cannot copy $SMTPGATE_BIN"
 pids=()
 failures=0
 
-# shellcheck disable=SC2317  # invoked by the EXIT trap
-cleanup() {
-	local p
-	for p in "${pids[@]}"; do
-		kill -TERM "$p" 2>/dev/null
-	done
-	sleep 0.3
-	for p in "${pids[@]}"; do
-		kill -KILL "$p" 2>/dev/null
-	done
-	wait 2>/dev/null
-	if [ "$KEEP" = 1 ] || [ "$failures" -gt 0 ]; then
-		note "logs and configs kept in $work"
-	else
-		rm -rf "$work"
-	fi
-}
-trap cleanup EXIT
+trap 'cleanup_pids "logs and configs"' EXIT
 trap 'exit 130' INT TERM
-
-forget_pid() {
-	local p keep=()
-	for p in "${pids[@]}"; do
-		[ "$p" = "$1" ] || keep+=("$p")
-	done
-	pids=("${keep[@]}")
-}
-
-# stop_pid PID NAME [TIMEOUT]: SIGTERM, SIGKILL after TIMEOUT seconds.
-# Sets stop_rc to the exit status.
-stop_pid() {
-	local pid=$1 name=$2 t=${3:-15} wd
-	kill -TERM "$pid" 2>/dev/null
-	( sleep "$t"; kill -KILL "$pid" 2>/dev/null ) &
-	wd=$!
-	wait "$pid" 2>/dev/null
-	stop_rc=$?
-	if kill -0 "$wd" 2>/dev/null; then
-		kill "$wd" 2>/dev/null
-		wait "$wd" 2>/dev/null
-	else
-		note "ERROR: $name (pid $pid) did not exit within ${t}s; killed"
-		failures=$((failures + 1))
-	fi
-	forget_pid "$pid"
-}
-
-free_ports() {
-	python3 -c '
-import socket, sys
-ss = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in ss:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in ss))' "$1"
-}
-
-wait_port() {           # wait_port PORT PID
-	for _ in $(seq 100); do
-		kill -0 "$2" 2>/dev/null || return 1
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	return 1
-}
-
-rss_kb() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status" 2>/dev/null; }
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }'; }
-mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-sink_msgs() {
-	tr '\r' '\n' <"$work/sink.out" | awk -F'mesg=' 'NF > 1 { n = $2 + 0 } END { print n + 0 }'
-}
 
 read -r SINK_PORT GATE_PORT <<<"$(free_ports 2)"
 [ -n "$GATE_PORT" ] || die "cannot pick free ports"
 ticks=$(getconf CLK_TCK)
 
-sink_user=()
-[ "$(id -u)" = 0 ] && sink_user=(-u nobody)
-"$SMTP_SINK" "${sink_user[@]}" -c -m 4096 -t 300 "127.0.0.1:$SINK_PORT" 4096 \
-    >"$work/sink.out" 2>"$work/sink.err" &
-SINK_PID=$!
-pids+=("$SINK_PID")
-wait_port "$SINK_PORT" "$SINK_PID" || die "smtp-sink did not start: $(cat "$work/sink.err")"
+sink_start "$SINK_PORT" 4096 -c -m 4096 -t 300 || die "smtp-sink did not start: $(cat "$work/sink.err")"
 
 cat >"$work/smtpgate.yaml" <<EOF
 hostname: gate.scale.test
@@ -171,11 +97,12 @@ pids+=("$GATE_PID")
 wait_port "$GATE_PORT" "$GATE_PID" || die "smtpgate did not start: $(cat "$work/smtpgate.log")"
 sleep 0.5
 
-# mail TAG: one smtp-source run through smtpgate; sets rate_TAG, cpu_TAG.
+# mail TAG: one smtp-source run through smtpgate; sets rate (msgs/s) and
+# cpu (us of smtpgate's CPU per message).
 mail() {
-	local tag=$1 n0 n1 t0 t1 c0 c1 rate cpu
+	local tag=$1 n0 n1 t0 t1 c0 c1
 	n0=$(sink_msgs)
-	c0=$(cpu_ticks "$GATE_PID")
+	c0=$(proc_cpu_ticks "$GATE_PID")
 	t0=$(date +%s.%N)
 	"$SMTP_SOURCE" -c -d -s "$SESSIONS" -m "$MESSAGES" -l "$MSGSIZE" \
 	    -M scale.example.test -f scale@sender.example -t scale@rcpt.example \
@@ -183,7 +110,7 @@ mail() {
 		{ note "ERROR: smtp-source ($tag) failed: $(tail -3 "$work/source-$tag.err")"
 		  failures=$((failures + 1)); }
 	t1=$(date +%s.%N)
-	c1=$(cpu_ticks "$GATE_PID")
+	c1=$(proc_cpu_ticks "$GATE_PID")
 	sleep 0.3       # the sink's last counter update
 	n1=$(sink_msgs)
 	if [ $((n1 - n0)) -ne "$MESSAGES" ]; then
@@ -193,60 +120,62 @@ mail() {
 	rate=$(awk -v n="$MESSAGES" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
 	cpu=$(awk -v n="$MESSAGES" -v c=$((c1 - c0)) -v t="$ticks" \
 	    'BEGIN { printf "%.1f", c / t * 1e6 / n }')
-	eval "rate_$tag=\$rate; cpu_$tag=\$cpu"
+}
+
+# idle_start TAG [ARG...]: starts deploy/bench/idle_clients.py (IDLE
+# connections, with ARGs) as IDLE_PID, output in work/TAG.out and TAG.err;
+# waits (5 min at most) for its "ready" line or its exit.
+idle_start() {
+	local tag=$1
+	shift
+	python3 "$helpers/idle_clients.py" --sources 8 "$@" 127.0.0.1 "$GATE_PORT" "$IDLE" 300 \
+	    >"$work/$tag.out" 2>"$work/$tag.err" &
+	IDLE_PID=$!
+	pids+=("$IDLE_PID")
+	for _ in $(seq 3000); do
+		grep -q '^ready' "$work/$tag.out" && break
+		kill -0 "$IDLE_PID" 2>/dev/null || break
+		sleep 0.1
+	done
 }
 
 echo "smtpgate $("$work/smtpgate" -V | awk '{ print $2 }'), $WORKERS workers; smtp-sink backend"
-rss0=$(rss_kb "$GATE_PID")
+rss0=$(proc_rss_kb "$GATE_PID")
 mail base
+rate_base=$rate cpu_base=$cpu
 
-python3 "$helpers/idle_clients.py" --sources 8 127.0.0.1 "$GATE_PORT" "$IDLE" 300 \
-    >"$work/idle.out" 2>"$work/idle.err" &
-IDLE_PID=$!
-pids+=("$IDLE_PID")
-for _ in $(seq 3000); do
-	grep -q '^ready' "$work/idle.out" && break
-	kill -0 "$IDLE_PID" 2>/dev/null || break
-	sleep 0.1
-done
+idle_start idle
 ready=$(grep '^ready' "$work/idle.out")
 [ "$ready" = "ready greeted=$IDLE failed=0" ] ||
 	{ note "ERROR: idle clients: ${ready:-no ready line}; $(tail -3 "$work/idle.err")"
 	  failures=$((failures + 1)); }
 sleep 1
-rss_idle=$(rss_kb "$GATE_PID")
+rss_idle=$(proc_rss_kb "$GATE_PID")
 fds=$(find "/proc/$GATE_PID/fd" -mindepth 1 2>/dev/null | wc -l)
 mail idle
-rss_mail=$(rss_kb "$GATE_PID")
-stop_pid "$IDLE_PID" idle_clients 60
+rate_idle=$rate cpu_idle=$cpu
+rss_mail=$(proc_rss_kb "$GATE_PID")
+stop_pid "$IDLE_PID" idle_clients 60 || failures=$((failures + 1))
 done_line=$(grep '^done' "$work/idle.out")
 [ "$done_line" = "done greeted=$IDLE closed_by_server=0" ] ||
 	{ note "ERROR: idle clients: ${done_line:-no done line}"; failures=$((failures + 1)); }
 sleep 1
-rss_after=$(rss_kb "$GATE_PID")
+rss_after=$(proc_rss_kb "$GATE_PID")
 
-python3 "$helpers/idle_clients.py" --sources 8 --partial 127.0.0.1 "$GATE_PORT" "$IDLE" 300 \
-    >"$work/partial.out" 2>"$work/partial.err" &
-IDLE_PID=$!
-pids+=("$IDLE_PID")
-for _ in $(seq 3000); do
-	grep -q '^ready' "$work/partial.out" && break
-	kill -0 "$IDLE_PID" 2>/dev/null || break
-	sleep 0.1
-done
+idle_start partial --partial
 pready=$(grep '^ready' "$work/partial.out")
 [ "$pready" = "ready greeted=$IDLE failed=0" ] ||
 	{ note "ERROR: partial-line clients: ${pready:-no ready line}"; failures=$((failures + 1)); }
 sleep 2
-rss_partial=$(rss_kb "$GATE_PID")
-stop_pid "$IDLE_PID" idle_clients 60
+rss_partial=$(proc_rss_kb "$GATE_PID")
+stop_pid "$IDLE_PID" idle_clients 60 || failures=$((failures + 1))
 pdone=$(grep '^done' "$work/partial.out")
 [ "$pdone" = "done greeted=$IDLE closed_by_server=0" ] ||
 	{ note "ERROR: partial-line clients: ${pdone:-no done line}"; failures=$((failures + 1)); }
 
-stop_pid "$GATE_PID" smtpgate 40
+stop_pid "$GATE_PID" smtpgate 40 || failures=$((failures + 1))
 [ "$stop_rc" = 0 ] || { note "ERROR: smtpgate exited with $stop_rc"; failures=$((failures + 1)); }
-stop_pid "$SINK_PID" smtp-sink 10
+stop_pid "$SINK_PID" smtp-sink 10 || failures=$((failures + 1))
 
 per=$(( (rss_idle - rss0) * 1024 / IDLE ))
 verdict=MISS

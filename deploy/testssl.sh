@@ -38,6 +38,9 @@ set -u
 
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
+deploy=$here
+# shellcheck source=deploy/lib.sh
+. "$deploy/lib.sh"
 
 CERTS=${TESTSSL_CERTS:-rsa ecdsa}
 SMTPGATE_BIN=${SMTPGATE:-$top/build/smtpgate}
@@ -77,52 +80,13 @@ done
 work=$(mktemp -d /tmp/smtpgate-testssl.XXXXXX) || die "mktemp failed"
 cp "$SMTPGATE_BIN" "$work/smtpgate" || die "cannot copy $SMTPGATE_BIN"
 
-# ---- process bookkeeping (as deploy/bench.sh) ---------------------------------
+# ---- process bookkeeping (deploy/lib.sh) -------------------------------------
 
 pids=()                 # every background process we started
 failures=0              # HIGH/CRITICAL findings and scan problems
 
-# shellcheck disable=SC2317  # invoked by the EXIT trap
-cleanup() {
-	local p
-	for p in "${pids[@]}"; do
-		kill -TERM "$p" 2>/dev/null
-	done
-	sleep 0.3
-	for p in "${pids[@]}"; do
-		kill -KILL "$p" 2>/dev/null
-	done
-	wait 2>/dev/null
-	if [ "$KEEP" = 1 ] || [ "$failures" -gt 0 ]; then
-		note "logs, JSON and configs kept in $work"
-	else
-		rm -rf "$work"
-	fi
-}
-trap cleanup EXIT
+trap 'cleanup_pids "logs, JSON and configs"' EXIT
 trap 'exit 130' INT TERM
-
-# N distinct free ports on 127.0.0.1.
-free_ports() {
-	python3 -c '
-import socket, sys
-ss = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in ss:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in ss))' "$1"
-}
-
-# wait_port PORT PID: until something accepts on 127.0.0.1:PORT.
-wait_port() {
-	for _ in $(seq 100); do
-		kill -0 "$2" 2>/dev/null || return 1
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	return 1
-}
 
 # ---- the certificates -------------------------------------------------------------
 
@@ -160,13 +124,7 @@ read -r SINK_PORT RSA_PORT ECDSA_PORT <<<"$(free_ports 3)"
 [ -n "$ECDSA_PORT" ] || die "cannot pick free ports"
 declare -A port=([rsa]=$RSA_PORT [ecdsa]=$ECDSA_PORT)
 
-sink_user=()
-[ "$(id -u)" = 0 ] && sink_user=(-u nobody)
-"$SMTP_SINK" "${sink_user[@]}" -c 127.0.0.1:"$SINK_PORT" 128 \
-    >"$work/sink.out" 2>"$work/sink.err" &
-SINK_PID=$!
-pids+=("$SINK_PID")
-wait_port "$SINK_PORT" "$SINK_PID" || die "smtp-sink did not start: $(cat "$work/sink.err")"
+sink_start "$SINK_PORT" 128 -c || die "smtp-sink did not start: $(cat "$work/sink.err")"
 
 {
 	cat <<EOF
