@@ -427,6 +427,18 @@ rl_sum_n=0                  # counted in Redis over the ratelimit runs:
 rl_sum_r=0                  # messages, recipients, bytes
 rl_sum_b=0
 
+# sampler_wait FILE PID: until rss_sampler.py (PID) wrote "started" to
+# FILE, so that stopping it soon after still gets its summary.
+sampler_wait() {
+	local i
+	for i in $(seq 100); do
+		grep -q '^started$' "$1" 2>/dev/null && return 0
+		kill -0 "$2" 2>/dev/null || return 1
+		sleep 0.02
+	done
+	return 1
+}
+
 # load TARGET MODE ROUND: one smtp-source run; appends to $results.
 load() {
 	local target=$1 mode=$2 round=$3 port pid="" dflag=() tag
@@ -453,6 +465,7 @@ load() {
 		python3 "$helpers/rss_sampler.py" "$pid" 0.2 >"$work/rss-$tag" &
 		spid=$!
 		pids+=("$spid")
+		sampler_wait "$work/rss-$tag" "$spid"
 	fi
 	[ "$target" = ratelimit ] && rs0=$(redis_snap)
 
@@ -671,6 +684,7 @@ reset_hwm "$GATE_PID"
 python3 "$helpers/rss_sampler.py" "$GATE_PID" 0.1 >"$work/rss-big" &
 spid=$!
 pids+=("$spid")
+sampler_wait "$work/rss-big" "$spid"
 python3 "$helpers/bigmsg.py" 127.0.0.1 "$GATE_PORT" "$big_bytes" >"$work/big.out" 2>&1
 big_rc=$?
 kill -TERM "$spid"

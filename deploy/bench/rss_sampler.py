@@ -8,6 +8,8 @@ SIGINT (or until the process is gone), then prints one line:
 
     samples=N first_kb=A max_kb=B last_kb=C
 
+It prints "started" first, once a signal no longer kills it unheard.
+
 Python standard library only.
 """
 import signal
@@ -39,6 +41,8 @@ def main():
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # From here a SIGTERM gives the summary: the caller waits for this.
+    print("started", flush=True)
     samples, first, peak, last = 0, None, 0, None
     while not stop:
         kb = vmrss_kb(pid)
