@@ -41,6 +41,8 @@
 #   BENCH_BIG_MB    size of the large message, MiB [200]
 #   BENCH_WORKERS   smtpgate worker threads (and haproxy nbthread) [2]
 #   SMTPGATE        binary to test [<repo>/build/smtpgate]
+#   BENCH_REDIS_UNIX 1: the rate-limit gateway reaches Redis on its Unix
+#                   socket (redis: socket:) instead of 127.0.0.1 [0]
 #   BENCH_KEEP      1: keep the work directory (logs, configs) [0]
 # Quick smoke run: BENCH_MESSAGES=2000 BENCH_IDLE=500 BENCH_BIG_MB=20 deploy/bench.sh
 
@@ -59,6 +61,7 @@ BIG_MB=${BENCH_BIG_MB:-200}
 WORKERS=${BENCH_WORKERS:-2}
 SMTPGATE_BIN=${SMTPGATE:-$top/build/smtpgate}
 KEEP=${BENCH_KEEP:-0}
+REDIS_UNIX=${BENCH_REDIS_UNIX:-0}
 
 SMTP_SINK=${SMTP_SINK:-/usr/sbin/smtp-sink}
 SMTP_SOURCE=${SMTP_SOURCE:-/usr/sbin/smtp-source}
@@ -328,10 +331,12 @@ rate_limits:
     limit: $rl_lim_b
     window: ${RL_WINDOW_H}h
 EOF
+redis_at="address: 127.0.0.1:$REDIS_PORT"
+[ "$REDIS_UNIX" = 1 ] && redis_at="socket: $work/redis.sock"
 sed -e "s/^\(  - address: 127.0.0.1:\)$GATE_PORT\$/\1$RL_PORT/" \
     "$work/smtpgate.yaml" >"$work/smtpgate-ratelimit.yaml"
 cat >>"$work/smtpgate-ratelimit.yaml" <<EOF
-redis: { address: 127.0.0.1:$REDIS_PORT, timeout: 50ms }
+redis: { $redis_at, timeout: 50ms }
 policy: ratelimits.yaml
 EOF
 grep -q "127.0.0.1:$RL_PORT" "$work/smtpgate-ratelimit.yaml" || die "cannot write the rate-limit config"
@@ -356,7 +361,8 @@ $(cat "$work/explain-ratelimit.out")"
 
 # Redis: its own, on a free port, nothing saved; stopped on exit.
 "$REDIS_SERVER" --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
-    --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+    --appendonly no --dir "$work" --unixsocket "$work/redis.sock" \
+    --unixsocketperm 700 >"$work/redis.log" 2>&1 &
 REDIS_PID=$!
 pids+=("$REDIS_PID")
 rcli() { "$REDIS_CLI" -p "$REDIS_PORT" "$@"; }
@@ -478,7 +484,7 @@ echo "  ports: sink $SINK_PORT, smtpgate $GATE_PORT, haproxy $HAP_PORT, smtpgate
 echo "  load: smtp-source -s $SESSIONS -m $MESSAGES -l $MSGSIZE -M $HELO_NAME -f $SENDER -t $RCPT, $ROUNDS round(s)"
 echo "  policy: $(cat "$work/genpolicy.out")"
 echo "  $(cat "$work/probe.out")"
-echo "  rate limits: ${RL_NAMES[0]} ($rl_lim_n messages/${RL_WINDOW_H}h per client_ip, at MAIL), ${RL_NAMES[1]} ($rl_lim_n recipients/${RL_WINDOW_H}h per sender, RCPT), ${RL_NAMES[2]} ($rl_lim_b bytes/${RL_WINDOW_H}h per sender_domain, final dot); $("$REDIS_SERVER" --version | cut -d' ' -f1-3), timeout 50ms"
+echo "  rate limits: ${RL_NAMES[0]} ($rl_lim_n messages/${RL_WINDOW_H}h per client_ip, at MAIL), ${RL_NAMES[1]} ($rl_lim_n recipients/${RL_WINDOW_H}h per sender, RCPT), ${RL_NAMES[2]} ($rl_lim_b bytes/${RL_WINDOW_H}h per sender_domain, final dot); $("$REDIS_SERVER" --version | cut -d' ' -f1-3), $redis_at, timeout 50ms"
 echo "  $rl_warm_note"
 echo
 

@@ -295,6 +295,9 @@ struct flt_redis {
 	uv_loop_t		*loop;		/* the worker's loop */
 	char			*host;		/* params->host, copied */
 	int			 port;		/* params->port */
+	char			*path;		/* params->path, copied, or NULL */
+	char			*where;		/* for logs: "host:port" or
+					 * "unix:path" */
 	char			*password;	/* params->password, or NULL */
 	int			 db;		/* params->db */
 	char			*prefix;	/* params->prefix, or "" */
@@ -615,11 +618,11 @@ fr_down(struct flt_redis *st, const char *why)
 		st->down = 1;
 		st->down_since = uv_now(st->loop);
 		st->base.stats.outages++;
-		log_warn("ratelimit store=%s redis=%s:%d unavailable: %s",
-		    fr_name(st), st->host, st->port, why);
+		log_warn("ratelimit store=%s redis=%s unavailable: %s",
+		    fr_name(st), st->where, why);
 	} else
-		log_debug("ratelimit store=%s redis=%s:%d still unavailable: "
-		    "%s (retry in %u ms)", fr_name(st), st->host, st->port,
+		log_debug("ratelimit store=%s redis=%s still unavailable: "
+		    "%s (retry in %u ms)", fr_name(st), st->where,
 		    why, st->backoff_ms);
 	/* The retry timer carries the close, if closing. */
 	if (!st->closing) {
@@ -658,12 +661,12 @@ fr_ready(struct flt_redis *st)
 	st->stalls = 0;
 	if (st->down) {
 		st->down = 0;
-		log_info("ratelimit store=%s redis=%s:%d available again "
-		    "after %llu ms", fr_name(st), st->host, st->port,
+		log_info("ratelimit store=%s redis=%s available again "
+		    "after %llu ms", fr_name(st), st->where,
 		    (unsigned long long)(uv_now(st->loop) - st->down_since));
 	} else
-		log_debug("ratelimit store=%s redis=%s:%d connected",
-		    fr_name(st), st->host, st->port);
+		log_debug("ratelimit store=%s redis=%s connected",
+		    fr_name(st), st->where);
 	fr_arm(st);
 }
 
@@ -763,8 +766,8 @@ fr_connect_cb(const redisAsyncContext *cac, int status)
 	argvlen[2] = sizeof(fr_script) - 1;
 	r |= redisAsyncCommandArgv(ac, fr_load_cb, NULL, 3, argv, argvlen);
 	if (r != REDIS_OK)
-		log_warn("ratelimit store=%s redis=%s:%d cannot queue the "
-		    "handshake", fr_name(st), st->host, st->port);
+		log_warn("ratelimit store=%s redis=%s cannot queue the "
+		    "handshake", fr_name(st), st->where);
 }
 
 /*
@@ -794,7 +797,9 @@ fr_connect(struct flt_redis *st)
 	unsigned ms;
 	char why[160];
 
-	if ((ac = redisAsyncConnect(st->host, st->port)) == NULL) {
+	ac = st->path != NULL ? redisAsyncConnectUnix(st->path) :
+	    redisAsyncConnect(st->host, st->port);
+	if (ac == NULL) {
 		fr_down(st, "out of memory");
 		return;
 	}
@@ -920,9 +925,9 @@ fr_reply_cb(redisAsyncContext *ac, void *r, void *privdata)
 		    reply->element[i] : reply, req->n, &res) == -1) {
 			if (!st->err_logged) {
 				st->err_logged = 1;
-				log_warn("ratelimit store=%s redis=%s:%d bad "
-				    "reply: %s", fr_name(st), st->host,
-				    st->port, reply->type == REDIS_REPLY_ERROR ?
+				log_warn("ratelimit store=%s redis=%s bad "
+				    "reply: %s", fr_name(st), st->where,
+				    reply->type == REDIS_REPLY_ERROR ?
 				    reply->str : "not the script's");
 			}
 			fr_answer(req, &fr_error);
@@ -1299,6 +1304,8 @@ fr_closed_cb(uv_handle_t *h)
 	}
 	free(st->cmd);
 	free(st->host);
+	free(st->path);
+	free(st->where);
 	free(st->password);
 	free(st->prefix);
 	free(st->name);
@@ -1347,13 +1354,22 @@ struct rl_store *
 rl_redis_new(uv_loop_t *loop, const struct rl_redis_params *p)
 {
 	struct flt_redis *st;
+	size_t len;
 
 	if ((st = calloc(1, sizeof(*st))) == NULL)
 		fatalx("%s: out of memory", __func__);
 	st->base.ops = &fr_ops;
 	st->loop = loop;
-	st->host = fr_xstrdup(p->host);
+	st->host = fr_xstrdup(p->host != NULL ? p->host : "");
 	st->port = p->port;
+	st->path = p->path != NULL ? fr_xstrdup(p->path) : NULL;
+	len = (p->path != NULL ? strlen(p->path) : strlen(st->host)) + 16;
+	if ((st->where = malloc(len)) == NULL)
+		fatalx("%s: out of memory", __func__);
+	if (p->path != NULL)
+		snprintf(st->where, len, "unix:%s", p->path);
+	else
+		snprintf(st->where, len, "%s:%d", st->host, st->port);
 	st->password = p->password != NULL ? fr_xstrdup(p->password) : NULL;
 	st->db = p->db;
 	st->prefix = fr_xstrdup(p->prefix != NULL ? p->prefix : "");

@@ -107,6 +107,8 @@ size_t rl_mem_nkeys(const struct rl_store *st);
 struct rl_redis_params {
 	const char	*host;		/* numeric address */
 	int		 port;
+	const char	*path;		/* or a Unix socket's path (then host
+					 * and port are not used) */
 	const char	*password;	/* AUTH, or NULL */
 	int		 db;		/* SELECT when not 0 */
 	const char	*prefix;	/* put before every key ("smtpgate:") */

@@ -187,7 +187,8 @@ static const struct cfg_key smtp_keys[] = {
 };
 
 static const struct cfg_key redis_keys[] = {
-	{ "address", CT_ADDR, C(redis_addr), 0, 0, NULL, 0, 1 },
+	{ "address", CT_ADDR, C(redis_addr), 0, 0, NULL, 0, 0 },
+	KV("socket",		CT_PATH,     redis_socket,	0, 0),
 	KV("password",		CT_STRING,   redis_password,	0,
 	    sizeof(((struct config *)0)->redis_password)),
 	KV("db",		CT_UINT,     redis_db,		0, 1000000),
@@ -901,6 +902,22 @@ cfg_metrics_check(struct cfg_ctx *c, const yaml_node_t *root)
 	}
 }
 
+/* redis: is reached at an address or at a Unix socket: one of the two. */
+static void
+cfg_redis_check(struct cfg_ctx *c, const yaml_node_t *root)
+{
+	const yaml_node_t	*r = cfg_find(c, root, "redis");
+
+	if (r == NULL || r->type != YAML_MAPPING_NODE)
+		return;
+	if (c->cfg->redis_addr.sslen != 0 && c->cfg->redis_socket != NULL)
+		cfg_error(c, &r->start_mark, "redis: address and socket are "
+		    "two ways to reach it: give one");
+	else if (c->cfg->redis_addr.sslen == 0 && c->cfg->redis_socket == NULL)
+		cfg_error(c, &r->start_mark, "redis.address: required setting "
+		    "is missing (or redis.socket)");
+}
+
 /* Returns the number of workers to run when the file says 0. */
 static unsigned
 cfg_ncpu(void)
@@ -988,6 +1005,7 @@ config_load(const char *path, char **errors)
 			cfg_walk_map(&c, root, root_keys, (char *)cfg, "");
 			cfg_tls_check(&c, root);
 			cfg_metrics_check(&c, root);
+			cfg_redis_check(&c, root);
 		}
 		yaml_document_delete(&doc);
 	}
@@ -1045,6 +1063,7 @@ config_unref(struct config *cfg)
 		tlsio_ctx_free(cfg->listen[i].tls_ctx);
 	}
 	free(cfg->be_ca_file);
+	free(cfg->redis_socket);
 	tlsio_ctx_free(cfg->be_tls_ctx);
 	free(cfg->auth_users);
 	auth_db_free(cfg->auth_db);

@@ -119,7 +119,10 @@ struct config {
 						 * at least (0: none) */
 
 	/* redis: (without it, rate limits are kept in process) */
-	struct cfg_addr	 redis_addr;		/* address: (sslen 0: no redis:) */
+	struct cfg_addr	 redis_addr;		/* address: (sslen 0: none) */
+	char		*redis_socket;		/* socket: a Unix socket's path,
+						 * instead of address: (redis:
+						 * is on when either is set) */
 	char		 redis_password[128];	/* password: ("" for none) */
 	unsigned	 redis_db;		/* db: */
 	char		 redis_prefix[64];	/* key_prefix: ("smtpgate:") */

@@ -151,7 +151,10 @@ reload(struct proxy_ctx *ctx)
 	warn_config(cfg);
 	if (cfg->workers != ctx->cfg->workers ||
 	    memcmp(&cfg->redis_addr, &ctx->cfg->redis_addr,
-	    sizeof(cfg->redis_addr)) != 0)
+	    sizeof(cfg->redis_addr)) != 0 ||
+	    (cfg->redis_socket == NULL) != (ctx->cfg->redis_socket == NULL) ||
+	    (cfg->redis_socket != NULL &&
+	    strcmp(cfg->redis_socket, ctx->cfg->redis_socket) != 0))
 		log_warn("reload: workers and the redis address take effect "
 		    "at the next restart");
 	if (cfg->metrics_addr.sslen != ctx->metrics_addr.sslen ||

@@ -2762,20 +2762,6 @@ smtp_set_client(struct smtp_session *s, const struct sockaddr_storage *sa)
 	}
 }
 
-/* Sets the client to the connection's peer.  Returns 0, or -1. */
-static int
-smtp_peer(struct smtp_session *s)
-{
-	struct sockaddr_storage	ss;
-	int			len = sizeof(ss);
-
-	memset(&ss, 0, sizeof(ss));
-	if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&ss, &len) < 0)
-		return -1;
-	smtp_set_client(s, &ss);
-	return 0;
-}
-
 /*
  * The session proper begins, with the client's address known (the peer's,
  * or the one a PROXY header gave): the per-client connection limit, the
@@ -2889,7 +2875,8 @@ smtp_listener(const struct worker *w, const struct config *cfg, size_t idx)
 }
 
 void
-smtp_session_accept(struct worker *w, uv_os_sock_t fd, unsigned listener)
+smtp_session_accept(struct worker *w, uv_os_sock_t fd,
+    const struct sockaddr_storage *peer, unsigned listener)
 {
 	struct smtp_session	*s;
 	unsigned		 n;
@@ -2927,10 +2914,7 @@ smtp_session_accept(struct worker *w, uv_os_sock_t fd, unsigned listener)
 		smtp_close(s, "accept failed");
 		return;
 	}
-	if (smtp_peer(s) < 0) {
-		smtp_close(s, "accept failed");
-		return;
-	}
+	smtp_set_client(s, peer);
 	if (s->lsn == NULL) {
 		smtp_close(s, "listener not in the configuration");
 		return;

@@ -10,13 +10,13 @@ struct worker;
 struct smtp_session;
 
 /*
- * Starts the session of fd, a connection accepted on listener number
- * listener of w (greeting or, past max_connections, 421 and close).  The
- * session owns fd from then on, whatever happens.  Errors are logged; the
- * listener keeps serving.
+ * Starts the session of fd, a connection from peer (as accept(2) gave it)
+ * accepted on listener number listener of w (greeting or, past
+ * max_connections, 421 and close).  The session owns fd from then on,
+ * whatever happens.  Errors are logged; the listener keeps serving.
  */
 void smtp_session_accept(struct worker *w, uv_os_sock_t fd,
-    unsigned listener);
+    const struct sockaddr_storage *peer, unsigned listener);
 
 /*
  * Shutdown: an idle session is told 421 4.3.2 and closed at once; one with

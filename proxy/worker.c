@@ -175,8 +175,10 @@ static void
 worker_accept_cb(uv_poll_t *p, int status, int events)
 {
 	struct worker	*w = p->data;
-	unsigned	 idx = (unsigned)(p - w->listeners), i;
-	int		 fd, e;
+	struct sockaddr_storage	 peer;
+	socklen_t		 plen;
+	unsigned		 idx = (unsigned)(p - w->listeners), i;
+	int			 fd, e;
 
 	(void)events;
 	if (status < 0) {
@@ -186,13 +188,15 @@ worker_accept_cb(uv_poll_t *p, int status, int events)
 	}
 	for (i = 0; i < ACCEPT_BATCH && !w->accept_paused && !w->draining;
 	    i++) {
-		fd = accept4(w->fds[idx], NULL, NULL,
+		plen = sizeof(peer);
+		memset(&peer, 0, sizeof(peer));
+		fd = accept4(w->fds[idx], (struct sockaddr *)&peer, &plen,
 		    SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd >= 0) {
 			if (worker_fds_short(w, fd))
 				worker_refuse(w, idx, fd);
 			else
-				smtp_session_accept(w, fd, idx);
+				smtp_session_accept(w, fd, &peer, idx);
 			continue;
 		}
 		switch (e = errno) {
@@ -343,14 +347,17 @@ worker_rl_open(struct worker *w)
 	char			 host[64], name[32];
 	const struct sockaddr	*sa = (const struct sockaddr *)&cfg->redis_addr.ss;
 
-	if (cfg->redis_addr.sslen == 0) {
+	if (cfg->redis_addr.sslen == 0 && cfg->redis_socket == NULL) {
 		w->rl = w->ctx->rl_mem;
 		return;
 	}
-	if (sa->sa_family == AF_INET6) {
+	p.path = cfg->redis_socket;
+	p.port = 0;
+	host[0] = '\0';
+	if (p.path == NULL && sa->sa_family == AF_INET6) {
 		uv_ip6_name((const struct sockaddr_in6 *)sa, host, sizeof(host));
 		p.port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
-	} else {
+	} else if (p.path == NULL) {
 		uv_ip4_name((const struct sockaddr_in *)sa, host, sizeof(host));
 		p.port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
 	}

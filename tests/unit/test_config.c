@@ -198,6 +198,23 @@ check_reference(const struct config *c)
 	check_defaults(c);
 }
 
+static void
+check_redis_socket(const struct config *c)
+{
+	CHECK(c->redis_addr.sslen == 0);
+	CHECKF(c->redis_socket != NULL &&
+	    strcmp(c->redis_socket, "/run/redis/redis.sock") == 0, "%s",
+	    c->redis_socket ? c->redis_socket : "(null)");
+	CHECK(c->redis_timeout == 20);
+}
+
+static void
+check_redis_addr(const struct config *c)
+{
+	CHECK(c->redis_socket == NULL);
+	CHECK(c->redis_addr.sslen != 0 && port_of(&c->redis_addr) == 6379);
+}
+
 static const struct valid_case {
 	const char	*name;			/* for failure messages */
 	const char	*text;			/* the file */
@@ -252,6 +269,12 @@ static const struct valid_case {
 	  "policy: ./rules/../rules/policy.yaml\n"
 	  "...\n",
 	  check_alt_forms },
+	{ "redis on a Unix socket", BASE
+	  "redis: { socket: /run/redis/redis.sock, timeout: 20ms }\n",
+	  check_redis_socket },
+	{ "redis at an address", BASE
+	  "redis: { address: 127.0.0.1:6379 }\n",
+	  check_redis_addr },
 };
 
 static const struct err_case {
@@ -269,6 +292,16 @@ static const struct err_case {
 	    "max_connections, max_errors, max_connections_per_client, "
 	    "max_failures_per_client, failure_window, min_data_rate)\n",
 	    "7:1: colour: unknown setting (known here: hostname, workers," } },
+	{ "redis at an address and a socket", BASE
+	  "redis:\n"
+	  "  address: 127.0.0.1:6379\n"
+	  "  socket: /run/redis/redis.sock\n",
+	  { "6:3: redis: address and socket are two ways to reach it: give "
+	    "one\n" } },
+	{ "redis at neither", BASE
+	  "redis: { db: 1 }\n",
+	  { "5:8: redis.address: required setting is missing (or "
+	    "redis.socket)\n" } },
 	{ "control characters in a key", BASE
 	  "\"a\\nb\\e[31m\": 1\n",
 	  { "5:1: a?b?[31m: unknown setting (known here: hostname," } },

@@ -215,9 +215,11 @@ srv_start(struct srv *s)
 			    "no", "--dir", s->dir, "--requirepass", s->password,
 			    (char *)NULL);
 		else
+			/* Also on a Unix socket, "sock" in its directory. */
 			execlp("redis-server", "redis-server", "--port", port,
 			    "--bind", "127.0.0.1", "--save", "", "--appendonly",
-			    "no", "--dir", s->dir, (char *)NULL);
+			    "no", "--dir", s->dir, "--unixsocket", "sock",
+			    "--unixsocketperm", "700", (char *)NULL);
 		_exit(127);
 	}
 	if (!srv_wait(s, 5000)) {
@@ -960,6 +962,57 @@ test_shared(void)
 	CHECK(h_done(&h) == 0);
 }
 
+/*
+ * A store on the server's Unix socket (redis: socket:) counts in the same
+ * keys as one on its TCP port: the limit holds over both.
+ */
+static void
+test_unix(void)
+{
+	struct harness h;
+	struct rl_store *st[2];
+	struct rl_check c = chk("unix", 4, 60, 1, 0);
+	struct ans a[10];
+	struct ans_set set = { a, NELEM(a) };
+	char path[96];
+	struct rl_redis_params p = {
+		.path = path,
+		.password = NULL,
+		.db = 0,
+		.prefix = PREFIX,
+		.timeout_ms = 1000,
+		.name = "unix",
+	};
+	size_t i, allowed = 0, denied = 0;
+
+	h_init(&h);
+	snprintf(path, sizeof(path), "%s/sock", srv_plain.dir);
+	st[0] = rl_redis_new(&h.loop, &p);
+	st[1] = store_new(&h, &srv_plain, NULL, 0, 1000);
+	CHECK(run_until(&h, pred_ready, st[0], 2000));
+	CHECK(run_until(&h, pred_ready, st[1], 2000));
+	for (i = 0; i < NELEM(a); i++)
+		CHECK(issue(&h, st[i % 2], &c, 1, &a[i]) == 1);
+	CHECK(run_until(&h, pred_all_answered, &set, 2000));
+	for (i = 0; i < NELEM(a); i++) {
+		CHECK(a[i].calls == 1);
+		allowed += a[i].res.status == RL_ALLOW;
+		denied += a[i].res.status == RL_DENY;
+	}
+	CHECKF(allowed == 4, "%zu allowed", allowed);
+	CHECKF(denied == 6, "%zu denied", denied);
+	rl_store_free(st[0]);
+	rl_store_free(st[1]);
+
+	/* No server at the path: not ready, checks answered RL_ERROR. */
+	snprintf(path, sizeof(path), "%s/nothing", srv_plain.dir);
+	st[0] = rl_redis_new(&h.loop, &p);
+	CHECK(check1(&h, st[0], c, &a[0]) == RL_ERROR);
+	CHECK(!rl_redis_ready(st[0]));
+	rl_store_free(st[0]);
+	CHECK(h_done(&h) == 0);
+}
+
 /* rl_store_free() with checks pending answers them RL_ERROR, once. */
 static void
 test_free_pending(void)
@@ -1225,6 +1278,7 @@ main(void)
 	test_auth();
 	test_down();
 	test_shared();
+	test_unix();
 	test_free_pending();
 	test_stall();
 	test_reuse();
