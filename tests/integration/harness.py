@@ -21,6 +21,7 @@ Pieces:
   client_tls_context()  an ssl.SSLContext for the test clients
   redis_command()    one command to a Redis server (a tiny RESP client)
   GatewayTestCase    unittest base: one gateway + backend per class
+  DeployScript       a deploy/ script serving until SIGTERM (ready line, pids)
 
 Environment: SMTPGATE_BIN (the binary; default ../../build/smtpgate from
 this file), SMTPGATE_KEEP_TMP=1 (keep temp dirs: configs, logs, maildirs).
