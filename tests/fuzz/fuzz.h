@@ -80,6 +80,71 @@ fuzz_write(const char *path, const void *p, size_t n)
 	}
 }
 
+/* How many files fuzz_tmpfile() hands out, at the most. */
+#define FUZZ_TMPFILES_MAX	8
+
+/*
+ * The paths fuzz_tmpfile() made: [0] the private directory, then its
+ * files, NULL after the last.
+ */
+static inline char **
+fuzz__tmp_paths(void)
+{
+	static char	*paths[1 + FUZZ_TMPFILES_MAX + 1];
+
+	return paths;
+}
+
+/* At exit: removes the files fuzz_tmpfile() named, then the directory. */
+static inline void
+fuzz__tmp_cleanup(void)
+{
+	char	**paths = fuzz__tmp_paths();
+	size_t	  i;
+
+	if (paths[0] == NULL)
+		return;
+	for (i = 1; paths[i] != NULL; i++)
+		unlink(paths[i]);
+	rmdir(paths[0]);
+}
+
+/*
+ * Returns the malloc'd path "DIR/name" of a file in the target's private
+ * directory DIR, "$TMPDIR/<target>.XXXXXX" (/tmp without TMPDIR), made at
+ * the first call.  The files and the directory are removed at exit.
+ * Aborts when it cannot make the directory or when called more than
+ * FUZZ_TMPFILES_MAX times.
+ */
+static inline char *
+fuzz_tmpfile(const char *target, const char *name)
+{
+	char		**paths = fuzz__tmp_paths();
+	const char	 *tmp;
+	char		 *pattern;
+	size_t		  i;
+
+	if (paths[0] == NULL) {
+		tmp = getenv("TMPDIR");
+		if (asprintf(&pattern, "%s.XXXXXX", target) < 0)
+			abort();
+		paths[0] = fuzz_path(tmp != NULL && *tmp != '\0' ? tmp : "/tmp",
+		    pattern);
+		free(pattern);
+		if (mkdtemp(paths[0]) == NULL) {
+			perror(paths[0]);
+			abort();
+		}
+		atexit(fuzz__tmp_cleanup);
+	}
+	for (i = 1; paths[i] != NULL; i++)
+		;
+	if (i > FUZZ_TMPFILES_MAX)
+		abort();
+	paths[i] = fuzz_path(paths[0], name);
+	return paths[i];
+}
+
 /*
  * Checks the error text of a loader (config_load(), policy_load()): one
  * or more lines, each "FILE: message" or "FILE:LINE:COL: message" ending

@@ -17,7 +17,6 @@
 #include "config.h"
 #include "fuzz.h"
 
-static char	*dir;		/* private directory */
 static char	*cfgfile;	/* dir/smtpgate.yaml: the input */
 static char	*polfile;	/* dir/policy.yaml */
 static char	*usersfile;	/* dir/users */
@@ -36,35 +35,16 @@ static const char users_text[] =
 	"alice:$5$rounds=1000$fuzzsalt$qGCc4JvvMNwwgoU2eJ4FMcZ.jSqNaOPBoUN0Jv2"
 	"w9O2\n";
 
-/* Removes the files and the directory at exit. */
-static void
-cleanup(void)
-{
-	unlink(cfgfile);
-	unlink(polfile);
-	unlink(usersfile);
-	rmdir(dir);
-}
-
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	const char	*tmp = getenv("TMPDIR");
-
 	(void)argc;
 	(void)argv;
-	dir = fuzz_path(tmp != NULL && *tmp != '\0' ? tmp : "/tmp",
-	    "fuzz_config.XXXXXX");
-	if (mkdtemp(dir) == NULL) {
-		perror(dir);
-		abort();
-	}
-	cfgfile = fuzz_path(dir, "smtpgate.yaml");
-	polfile = fuzz_path(dir, "policy.yaml");
-	usersfile = fuzz_path(dir, "users");
+	cfgfile = fuzz_tmpfile("fuzz_config", "smtpgate.yaml");
+	polfile = fuzz_tmpfile("fuzz_config", "policy.yaml");
+	usersfile = fuzz_tmpfile("fuzz_config", "users");
 	fuzz_write(polfile, policy_text, sizeof(policy_text) - 1);
 	fuzz_write(usersfile, users_text, sizeof(users_text) - 1);
-	atexit(cleanup);
 	return 0;
 }
 

@@ -27,35 +27,17 @@
 /* Rules whose literals make a session each; bounds the time per input. */
 #define LITERAL_RULES	8
 
-static char			*dir;		/* private directory */
 static char			*polfile;	/* dir/policy.yaml */
 static struct pattern_scratch	*scratch;	/* for pattern_match() */
-
-/* Removes the file and the directory at exit. */
-static void
-cleanup(void)
-{
-	unlink(polfile);
-	rmdir(dir);
-}
 
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-	const char	*tmp = getenv("TMPDIR");
-
 	(void)argc;
 	(void)argv;
-	dir = fuzz_path(tmp != NULL && *tmp != '\0' ? tmp : "/tmp",
-	    "fuzz_policy.XXXXXX");
-	if (mkdtemp(dir) == NULL) {
-		perror(dir);
-		abort();
-	}
-	polfile = fuzz_path(dir, "policy.yaml");
+	polfile = fuzz_tmpfile("fuzz_policy", "policy.yaml");
 	if ((scratch = pattern_scratch_new()) == NULL)
 		abort();
-	atexit(cleanup);
 	return 0;
 }
 

@@ -21,6 +21,7 @@ Pieces:
   client_tls_context()  an ssl.SSLContext for the test clients
   redis_command()    one command to a Redis server (a tiny RESP client)
   GatewayTestCase    unittest base: one gateway + backend per class
+  DeployScript       a deploy/ script serving until SIGTERM (ready line, pids)
 
 Environment: SMTPGATE_BIN (the binary; default ../../build/smtpgate from
 this file), SMTPGATE_KEEP_TMP=1 (keep temp dirs: configs, logs, maildirs).
@@ -2000,3 +2001,111 @@ def show_log_tail(gw, what, n=4000):
     import sys
     sys.stderr.write("\n----- gateway log tail (%s) -----\n%s\n----- end -----\n"
                      % (what, gw.log[-n:]))
+
+
+# ---------------------------------------------------------------------------
+# deploy/ scripts serving until SIGTERM
+# ---------------------------------------------------------------------------
+
+
+def script_argv(script, args=()):
+    """bash script args, SIGTERMed (not SIGKILLed) when this test process
+    dies, so that the script's trap stops what it started."""
+    argv = ["bash", script] + list(args)
+    if SETPRIV:
+        argv = [SETPRIV, "--pdeathsig", "TERM", "--"] + argv
+    return argv
+
+
+def kill_pids(pids):
+    """Safety net: SIGKILLs what a script should have stopped."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+class DeployScript:
+    """A deploy/ script that starts its processes, prints a line starting
+    with "ready" and serves until SIGTERM, which must stop all it started,
+    remove its work directory and exit 0.
+
+    start() waits for "ready" and parses the pids line (pids_rx, one group
+    per pid); the test sets .work to the directory the script must remove.
+    stop() raises AssertionError when the script ignores SIGTERM, exits
+    non-zero, leaves a process running or leaves .work behind; whatever
+    happens, it SIGKILLs the pids and closes the pipe."""
+
+    def __init__(self, script, args=(), env=None, pids_rx=None):
+        self.name = os.path.basename(script)
+        self.argv = script_argv(script, args)
+        self.env = env
+        self.pids_rx = pids_rx
+        self.out = []
+        self.proc = None
+        self.reader = None
+        self.pids = []
+        self.work = None
+
+    def text(self):
+        """All the script printed so far."""
+        return "".join(self.out)
+
+    def start(self, timeout):
+        """Starts the script and waits up to timeout seconds for its ready
+        line; raises RuntimeError when it does not come.  Returns the
+        output so far.  Call stop() (addClassCleanup) even when this raises."""
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env=self.env, start_new_session=True)
+        ready = threading.Event()
+
+        def reader():
+            for line in self.proc.stdout:
+                self.out.append(line.decode("utf-8", "replace"))
+                if line.startswith(b"ready"):
+                    ready.set()
+            ready.set()  # EOF: the script ended
+
+        self.reader = threading.Thread(target=reader, daemon=True)
+        self.reader.start()
+        if not ready.wait(timeout) or self.proc.poll() is not None:
+            raise RuntimeError("%s did not get ready:\n%s" % (self.name, self.text()))
+        text = self.text()
+        self.pids = [int(x) for x in self.pids_rx.search(text).groups()]
+        return text
+
+    def port(self, name):
+        """The port of the output line "name 127.0.0.1:port"."""
+        return int(re.search(r"^%s\s+127\.0\.0\.1:(\d+)" % name, self.text(),
+                             re.M).group(1))
+
+    def running(self):
+        return self.proc.poll() is None
+
+    def stop(self, timeout):
+        """SIGTERM to the script; it must stop everything and exit 0 within
+        timeout seconds."""
+        if self.proc is None:
+            return
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+                raise AssertionError("%s ignored SIGTERM:\n%s" % (self.name, self.text()))
+            self.reader.join(10)
+            if rc != 0:
+                raise AssertionError("%s exited %s:\n%s" % (self.name, rc, self.text()))
+            left = [p for p in self.pids if _pid_alive(p)]
+            if left:
+                raise AssertionError("still running after %s: %s" % (self.name, left))
+            if self.work and os.path.exists(self.work):
+                raise AssertionError("%s left behind" % self.work)
+        finally:
+            kill_pids(self.pids)
+            self.proc.stdout.close()

@@ -12,13 +12,12 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (  # noqa: E402
-    REPO_ROOT, SETPRIV, SmtpClient, _pid_alive, gateway_bin, make_message,
-    redis_command, wait_until,
+    REPO_ROOT, DeployScript, SmtpClient, _pid_alive, gateway_bin, kill_pids,
+    make_message, redis_command, script_argv, wait_until,
 )
 
 RUN_LOCAL = os.path.join(REPO_ROOT, "deploy", "run-local.sh")
@@ -30,28 +29,10 @@ def _msgid(msg):
     return re.search(rb"^Message-ID: <([^>]+)>", msg, re.M).group(1)
 
 
-def _argv(args):
-    # SIGTERM (not SIGKILL) when this test process dies: the script's trap
-    # then stops what it started.
-    argv = ["bash", RUN_LOCAL] + list(args)
-    if SETPRIV:
-        argv = [SETPRIV, "--pdeathsig", "TERM", "--"] + argv
-    return argv
-
-
 def _env():
     env = dict(os.environ, SMTPGATE_BIN=gateway_bin(), RUN_LOCAL_PASSWORD=PASSWORD)
     env.pop("SMTPGATE_KEEP_TMP", None)
     return env
-
-
-def _kill_pids(pids):
-    """Safety net: SIGKILLs what run-local.sh should have stopped."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 def _work_dir(out):
@@ -66,8 +47,9 @@ class RunLocalOnce(unittest.TestCase):
 
     def test_once_delivers_and_cleans_up(self):
         with tempfile.TemporaryFile() as out:
-            p = subprocess.Popen(_argv(["--once"]), stdin=subprocess.DEVNULL,
-                                 stdout=out, stderr=subprocess.STDOUT, env=_env(),
+            p = subprocess.Popen(script_argv(RUN_LOCAL, ["--once"]),
+                                 stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT, env=_env(),
                                  start_new_session=True)
             try:
                 rc = p.wait(120)
@@ -79,7 +61,7 @@ class RunLocalOnce(unittest.TestCase):
             text = out.read().decode("utf-8", "replace")
         m = PIDS_RX.search(text)
         pids = [int(x) for x in m.groups()] if m else []
-        self.addCleanup(_kill_pids, pids)
+        self.addCleanup(kill_pids, pids)
         self.assertEqual(rc, 0, text)
         self.assertTrue(pids, text)
         delivered = re.findall(r"^delivered\s+<([^>]+)> in (\S+)$", text, re.M)
@@ -99,71 +81,22 @@ class RunLocalServing(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.out = []
-        cls.proc = subprocess.Popen(_argv([]), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    env=_env(), start_new_session=True)
-        cls.addClassCleanup(cls._stop)
-        ready = threading.Event()
-
-        def reader():
-            for line in cls.proc.stdout:
-                cls.out.append(line.decode("utf-8", "replace"))
-                if line.startswith(b"ready"):
-                    ready.set()
-            ready.set()  # EOF: the script ended
-
-        cls.reader = threading.Thread(target=reader, daemon=True)
-        cls.reader.start()
-        if not ready.wait(90) or cls.proc.poll() is not None:
-            raise RuntimeError("run-local.sh did not get ready:\n" + cls.text())
-        text = cls.text()
-
-        def port(name):
-            return int(re.search(r"^%s\s+127\.0\.0\.1:(\d+)" % name, text, re.M).group(1))
-
-        cls.smtp_port = port("smtp")
-        cls.submission_port = port("submission")
-        cls.postfix_port = port("postfix")
-        cls.redis_port = port("redis")
-        cls.pids = [int(x) for x in PIDS_RX.search(text).groups()]
-        cls.work = _work_dir(text)
+        cls.script = DeployScript(RUN_LOCAL, [], _env(), PIDS_RX)
+        cls.addClassCleanup(cls.script.stop, 60)
+        text = cls.script.start(90)
+        cls.smtp_port = cls.script.port("smtp")
+        cls.submission_port = cls.script.port("submission")
+        cls.postfix_port = cls.script.port("postfix")
+        cls.redis_port = cls.script.port("redis")
+        cls.work = cls.script.work = _work_dir(text)
         cls.maildir = os.path.join(cls.work, "postfix", "mail", "example.test", "user")
         cls.maillog = os.path.join(cls.work, "postfix", "maillog")
         # The self-signed certificate run-local.sh made is the one to trust.
         cls.tls_ctx = ssl.create_default_context(
             cafile=os.path.join(cls.work, "smtpgate", "tls", "cert.pem"))
 
-    @classmethod
-    def text(cls):
-        return "".join(cls.out)
-
-    @classmethod
-    def _stop(cls):
-        """SIGTERM to the script; it must stop everything and exit 0."""
-        try:
-            if cls.proc.poll() is None:
-                cls.proc.send_signal(signal.SIGTERM)
-            try:
-                rc = cls.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(cls.proc.pid, signal.SIGKILL)
-                cls.proc.wait(10)
-                raise AssertionError("run-local.sh ignored SIGTERM:\n" + cls.text())
-            cls.reader.join(10)
-            if rc != 0:
-                raise AssertionError("run-local.sh exited %s:\n%s" % (rc, cls.text()))
-            left = [p for p in getattr(cls, "pids", []) if _pid_alive(p)]
-            if left:
-                raise AssertionError("still running after run-local.sh: %s" % left)
-            if getattr(cls, "work", None) and os.path.exists(cls.work):
-                raise AssertionError("%s left behind" % cls.work)
-        finally:
-            _kill_pids(getattr(cls, "pids", []))
-            cls.proc.stdout.close()
-
     def setUp(self):
-        self.assertIsNone(self.proc.poll(), "run-local.sh ended:\n" + self.text())
+        self.assertTrue(self.script.running(), "run-local.sh ended:\n" + self.script.text())
 
     def client(self, port, helo="client.example.test"):
         c = SmtpClient(port).connect()
@@ -253,7 +186,7 @@ class RunLocalServing(unittest.TestCase):
     def test_metrics_endpoint(self):
         # smtpgate.yaml's metrics: address, moved to 127.0.0.1 and a free port.
         import urllib.request
-        port = int(re.search(r"^metrics\s+127\.0\.0\.1:(\d+)", self.text(), re.M).group(1))
+        port = self.script.port("metrics")
         c = self.client(self.smtp_port)
         c.expect(221, line="QUIT")
         with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:

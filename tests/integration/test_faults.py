@@ -30,8 +30,8 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (  # noqa: E402
-    CRLF, ClosedPort, ConnectionClosed, Gateway, RedisServer, check_reply,
-    dot_stuff, gateway_bin, make_message, show_log_tail, wait_until,
+    CRLF, ClosedPort, ConnectionClosed, Gateway, RedisServer, _failure_count,
+    check_reply, dot_stuff, gateway_bin, make_message, show_log_tail, wait_until,
 )
 from faultbackend import (  # noqa: E402
     CLOSE, HANG, HOLD, RESET, STALL, FaultBackend, Script,
@@ -122,13 +122,13 @@ class FaultCase(unittest.TestCase):
         self.backend.clear()
         self.sent = {}       # token -> reply the client got to its dot (or None)
         self.expect = {}     # token -> count the backend may have without a 250
-        self._nfail = _failures(self)
+        self._nfail = _failure_count(self)
         self.assertTrue(self.gw.running(), "gateway is not running")
 
     def tearDown(self):
         self.backend.clear()
         alive = self.gw.running()
-        if not alive or _failures(self) != self._nfail:
+        if not alive or _failure_count(self) != self._nfail:
             show_log_tail(self.gw, self.id())
         self.assertIsNone(self.gw.sanitizer_report(), "sanitizer report in the gateway log")
         self.assertTrue(alive, "gateway died (status %s)" % self.gw.proc.returncode)
@@ -228,13 +228,6 @@ class FaultCase(unittest.TestCase):
                                  % (tok, r, n))
 
 
-def _failures(tc):
-    res = getattr(getattr(tc, "_outcome", None), "result", None)
-    if res is None:
-        return 0
-    return len(res.failures) + len(res.errors)
-
-
 def _short(r):
     return str(r).split("\r\n")[0][:48] if r is not None else "-"
 
@@ -318,6 +311,40 @@ class BackendFaults(FaultCase):
         if until != "MAIL":
             self.sent[tok] = r
         return c, r
+
+    def each_reply_lost(self, cases):
+        """For each (event, reply) of cases, a session whose backend answers
+        the command at event ("MAIL", "RCPT", "DATA" or "DOT") with reply,
+        the ones before it accepted: the client must be told 451 4.4.2 (the
+        backend is lost), and the session goes on to QUIT.  Returns a
+        summary for the batch."""
+        seen = []
+        for event, reply in cases:
+            tok = token()
+            self.backend.plan(Script(**{event: (reply, HANG)}))
+            c = self.client()
+            self.sent[tok] = None
+            ctx = "%s answered %r" % (event, reply[:40])
+            try:
+                if event == "MAIL":
+                    r = c.cmd("MAIL FROM:<%s>" % SENDER)
+                else:
+                    c.expect(250, line="MAIL FROM:<%s>" % SENDER)
+                    if event == "RCPT":
+                        r = c.cmd("RCPT TO:<%s>" % RCPT)
+                    else:
+                        c.expect(250, line="RCPT TO:<%s>" % RCPT)
+                        if event == "DATA":
+                            r = c.cmd("DATA")
+                        else:
+                            c.expect(354, line="DATA")
+                            r = self.final(c, tok)
+                check_reply(r, 451, "4.4.2")
+            except AssertionError as e:
+                raise AssertionError("%s: %s" % (ctx, e))
+            c.expect(221, line="QUIT")
+            seen.append(r.code)
+        return "451 4.4.2 x%d" % len(seen) if set(seen) == {451} else str(seen)
 
     def test_greeting_never_comes(self):
         def one():
@@ -486,34 +513,7 @@ class BackendFaults(FaultCase):
             ("DATA", b"35\r\n"),                             # short code
             ("DOT", b"hello\r\n"),                           # no code at the end
         ]
-        def one():
-            seen = []
-            for event, reply in cases:
-                tok = token()
-                self.backend.plan(Script(**{event: (reply, HANG)}))
-                c = self.client()
-                self.sent[tok] = None
-                try:
-                    if event == "MAIL":
-                        r = c.cmd("MAIL FROM:<%s>" % SENDER)
-                    else:
-                        c.expect(250, line="MAIL FROM:<%s>" % SENDER)
-                        if event == "RCPT":
-                            r = c.cmd("RCPT TO:<%s>" % RCPT)
-                        else:
-                            c.expect(250, line="RCPT TO:<%s>" % RCPT)
-                            if event == "DATA":
-                                r = c.cmd("DATA")
-                            else:
-                                c.expect(354, line="DATA")
-                                r = self.final(c, tok)
-                    check_reply(r, 451, "4.4.2", ctx="%s answered %r" % (event, reply[:40]))
-                except AssertionError as e:
-                    raise AssertionError("%s answered %r: %s" % (event, reply[:40], e))
-                c.expect(221, line="QUIT")
-                seen.append(r.code)
-            return "451 4.4.2 x%d" % len(seen) if set(seen) == {451} else str(seen)
-        self.batch("garbage replies (8 kinds)", one, 5)
+        self.batch("garbage replies (8 kinds)", lambda: self.each_reply_lost(cases), 5)
 
     def test_wrong_codes(self):
         # Well-formed replies with a code that does not fit the command.
@@ -523,31 +523,7 @@ class BackendFaults(FaultCase):
             ("DATA", b"250 2.0.0 Ok\r\n"),
             ("DOT", b"354 more please\r\n"),
         ]
-        def one():
-            seen = []
-            for event, reply in cases:
-                tok = token()
-                self.backend.plan(Script(**{event: (reply, HANG)}))
-                c = self.client()
-                self.sent[tok] = None
-                if event == "MAIL":
-                    r = c.cmd("MAIL FROM:<%s>" % SENDER)
-                else:
-                    c.expect(250, line="MAIL FROM:<%s>" % SENDER)
-                    if event == "RCPT":
-                        r = c.cmd("RCPT TO:<%s>" % RCPT)
-                    else:
-                        c.expect(250, line="RCPT TO:<%s>" % RCPT)
-                        if event == "DATA":
-                            r = c.cmd("DATA")
-                        else:
-                            c.expect(354, line="DATA")
-                            r = self.final(c, tok)
-                check_reply(r, 451, "4.4.2", ctx="%s answered %r" % (event, reply))
-                c.expect(221, line="QUIT")
-                seen.append(r.code)
-            return "451 4.4.2 x%d" % len(seen) if set(seen) == {451} else str(seen)
-        self.batch("wrong reply codes (4 kinds)", one, 5)
+        self.batch("wrong reply codes (4 kinds)", lambda: self.each_reply_lost(cases), 5)
 
     def test_long_reply_line(self):
         # A reply line over 512 octets (RFC 5321 4.5.3.1.5) is a protocol

@@ -136,6 +136,24 @@ class SlowClients(unittest.TestCase):
         self.addCleanup(c.close)
         return c
 
+    def trickle(self, c, data, halfway=None):
+        """Sends data one byte every TIMEOUT/4 (less when a reply comes,
+        which ends it) until a send fails; halfway() runs after the second
+        byte.  Returns the count of bytes sent."""
+        sent = 0
+        for b in data:
+            try:
+                c.send(bytes([b]))
+                sent += 1
+            except OSError:
+                break
+            # Waits a quarter of the timeout, or less when a reply comes.
+            if select.select([c.sock], [], [], self.TIMEOUT / 4)[0]:
+                break
+            if sent == 2 and halfway:
+                halfway()
+        return sent
+
     def test_trickled_command_line_cut_while_others_served(self):
         slow = self.client()
         slow.ehlo()
@@ -146,23 +164,14 @@ class SlowClients(unittest.TestCase):
         normal.ehlo()
         normal.expect(250, line="MAIL FROM:<%s>" % SENDER)
         normal.expect(250, line="RCPT TO:<%s>" % RCPT)
-        sent, steps = 0, 0
-        for b in line:
-            try:
-                slow.send(bytes([b]))
-                sent += 1
-            except OSError:
-                break
-            # Waits a quarter of the timeout, or less when a reply comes.
-            if select.select([slow.sock], [], [], self.TIMEOUT / 4)[0]:
-                break
-            steps += 1
-            if steps == 2:
-                # Halfway through the trickle, the other session finishes
-                # its message.
-                normal.expect(354, line="DATA")
-                normal.send(dot_stuff(make_message("while a client trickles")))
-                normal.expect(250)
+
+        def halfway():
+            # Halfway through the trickle, the other session finishes its
+            # message.
+            normal.expect(354, line="DATA")
+            normal.send(dot_stuff(make_message("while a client trickles")))
+            normal.expect(250)
+        sent = self.trickle(slow, line, halfway)
         reply = slow.read_reply()
         check_reply(reply, 421, "4.4.2")
         self.assertEqual(slow.wait_closed(), b"")
@@ -181,15 +190,7 @@ class SlowClients(unittest.TestCase):
         c.expect(250, line="RCPT TO:<%s>" % RCPT)
         c.expect(354, line="DATA")
         data = dot_stuff(make_message("trickled"))
-        sent = 0
-        for b in data:
-            try:
-                c.send(bytes([b]))
-                sent += 1
-            except OSError:
-                break
-            if select.select([c.sock], [], [], self.TIMEOUT / 4)[0]:
-                break
+        sent = self.trickle(c, data)
         check_reply(c.read_reply(), 421, "4.4.2")
         self.assertEqual(c.wait_closed(), b"")
         self.assertLess(sent, len(data), "the whole message went through")

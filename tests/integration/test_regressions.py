@@ -29,8 +29,8 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (  # noqa: E402
-    Gateway, RecordingBackend, RedisServer, SmtpClient, check_reply, dot_stuff,
-    make_message, show_log_tail, wait_until,
+    Gateway, RecordingBackend, RedisServer, SmtpClient, _failure_count, check_reply,
+    dot_stuff, make_message, show_log_tail, wait_until,
 )
 
 SENDER = "sender@client.example.test"
@@ -57,7 +57,7 @@ class RegressionCase(unittest.TestCase):
         self.backend = RecordingBackend()
         self.addCleanup(self.backend.stop)
         self.gw = None
-        self._failed_before = _failures(self)
+        self._failed_before = _failure_count(self)
 
     def start(self, overrides=None):
         """Starts the test's gateway (OVERRIDES updated with overrides)."""
@@ -72,7 +72,7 @@ class RegressionCase(unittest.TestCase):
         if self.gw is None:
             return
         alive = self.gw.running()
-        if not alive or _failures(self) != self._failed_before:
+        if not alive or _failure_count(self) != self._failed_before:
             show_log_tail(self.gw, self.id())
         self.assertIsNone(self.gw.sanitizer_report(), "sanitizer report in the gateway log")
         self.assertTrue(alive, "gateway died during the test (status %s)"
@@ -101,13 +101,6 @@ class RegressionCase(unittest.TestCase):
     def read_replies(self, c, n, timeout=TIMEOUT):
         """n replies, each within timeout."""
         return [c.read_reply(timeout) for _ in range(n)]
-
-
-def _failures(tc):
-    res = getattr(getattr(tc, "_outcome", None), "result", None)
-    if res is None:
-        return 0
-    return len(res.failures) + len(res.errors)
 
 
 def _codes(replies):

@@ -10,17 +10,15 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import unittest
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (  # noqa: E402
-    REPO_ROOT, SETPRIV, SmtpClient, _pid_alive, dot_stuff, gateway_bin,
-    make_message, wait_until,
+    REPO_ROOT, DeployScript, SmtpClient, dot_stuff, gateway_bin, make_message,
+    wait_until,
 )
 
 SCALE_OUT = os.path.join(REPO_ROOT, "deploy", "scale-out.sh")
@@ -53,24 +51,6 @@ rate_limits:
 """ % {"refused": REFUSED, "limit": LIMIT}
 
 
-def _argv():
-    # SIGTERM (not SIGKILL) when this test process dies: the script's trap
-    # then stops what it started.
-    argv = ["bash", SCALE_OUT, "run"]
-    if SETPRIV:
-        argv = [SETPRIV, "--pdeathsig", "TERM", "--"] + argv
-    return argv
-
-
-def _kill_pids(pids):
-    """Safety net: SIGKILLs what scale-out.sh should have stopped."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-
-
 def _domain():
     """A sender domain of its own for each test: its own rate-limit key."""
     return "s%s.client.example.test" % uuid.uuid4().hex[:10]
@@ -92,71 +72,23 @@ class ScaleOut(unittest.TestCase):
         env = dict(os.environ, SMTPGATE_BIN=gateway_bin(), POLICY_DIR=cls.policy_dir,
                    HAPROXY_SOURCE=HAPROXY_SOURCE, REDIS_TIMEOUT="5s")
         env.pop("SMTPGATE_KEEP_TMP", None)
-        cls.out = []
-        cls.proc = subprocess.Popen(_argv(), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True)
-        cls.addClassCleanup(cls._stop)
-        ready = threading.Event()
-
-        def reader():
-            for line in cls.proc.stdout:
-                cls.out.append(line.decode("utf-8", "replace"))
-                if line.startswith(b"ready"):
-                    ready.set()
-            ready.set()  # EOF: the script ended
-
-        cls.reader = threading.Thread(target=reader, daemon=True)
-        cls.reader.start()
-        if not ready.wait(120) or cls.proc.poll() is not None:
-            raise RuntimeError("scale-out.sh did not get ready:\n" + cls.text())
-        text = cls.text()
-
-        def port(name):
-            return int(re.search(r"^%s\s+127\.0\.0\.1:(\d+)" % name, text, re.M).group(1))
-
-        cls.smtp_port = port("smtp")
-        cls.postfix_port = port("postfix")
+        cls.script = DeployScript(SCALE_OUT, ["run"], env, PIDS_RX)
+        cls.addClassCleanup(cls.script.stop, 120)
+        text = cls.script.start(120)
+        cls.pids = cls.script.pids
+        cls.smtp_port = cls.script.port("smtp")
+        cls.postfix_port = cls.script.port("postfix")
         cls.gate_ports = [int(p) for p in re.search(
             r"^gate1\s+127\.0\.0\.1:(\d+) 127\.0\.0\.1:(\d+) .*check 127\.0\.0\.1:(\d+)$",
             text, re.M).groups()]
-        cls.pids = [int(x) for x in PIDS_RX.search(text).groups()]
         logs = re.search(r"^logs\s+(.*)$", text, re.M).group(1).split()
         cls.gate_logs = logs[0:2]
         cls.maillog = logs[3]
-        cls.work = os.path.dirname(logs[0])
+        cls.work = cls.script.work = os.path.dirname(logs[0])
         cls.maildir = os.path.join(cls.work, "postfix", "mail", "example.test", "user")
 
-    @classmethod
-    def text(cls):
-        return "".join(cls.out)
-
-    @classmethod
-    def _stop(cls):
-        """SIGTERM to the script; it must stop everything and exit 0."""
-        try:
-            if cls.proc.poll() is None:
-                cls.proc.send_signal(signal.SIGTERM)
-            try:
-                rc = cls.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                os.killpg(cls.proc.pid, signal.SIGKILL)
-                cls.proc.wait(10)
-                raise AssertionError("scale-out.sh ignored SIGTERM:\n" + cls.text())
-            cls.reader.join(10)
-            if rc != 0:
-                raise AssertionError("scale-out.sh exited %s:\n%s" % (rc, cls.text()))
-            left = [p for p in getattr(cls, "pids", []) if _pid_alive(p)]
-            if left:
-                raise AssertionError("still running after scale-out.sh: %s" % left)
-            if getattr(cls, "work", None) and os.path.exists(cls.work):
-                raise AssertionError("%s left behind" % cls.work)
-        finally:
-            _kill_pids(getattr(cls, "pids", []))
-            cls.proc.stdout.close()
-
     def setUp(self):
-        self.assertIsNone(self.proc.poll(), "scale-out.sh ended:\n" + self.text())
+        self.assertTrue(self.script.running(), "scale-out.sh ended:\n" + self.script.text())
 
     # -- helpers -----------------------------------------------------------
 
@@ -245,7 +177,7 @@ class ScaleOut(unittest.TestCase):
 
     def test_each_gateway_serves_its_metrics(self):
         import urllib.request
-        urls = re.search(r"^metrics\s+(\S+) \(gate1\) (\S+) \(gate2\)$", self.text(),
+        urls = re.search(r"^metrics\s+(\S+) \(gate1\) (\S+) \(gate2\)$", self.script.text(),
                          re.M).groups()
         self.assertNotEqual(urls[0], urls[1])
         for url in urls:

@@ -354,31 +354,31 @@ class QuietListener(GatewayTestCase):
                        10, "the session end line of " + helo)
         return m.group(1)
 
-    def test_check_session_logs_at_debug(self):
-        c = self.client(listener=0)
-        c.expect(250, line="EHLO check.quiet.test")
+    def session_level(self, listener, helo, between=None):
+        """The level at which the gateway logs the end of a session on
+        listener: EHLO helo, between(c) when given, QUIT."""
+        c = self.client(listener=listener)
+        c.expect(250, line="EHLO " + helo)
+        if between:
+            between(c)
         c.expect(221, line="QUIT")
-        self.assertEqual(self.session_end("check.quiet.test"), "debug")
+        return self.session_end(helo)
+
+    def test_check_session_logs_at_debug(self):
+        self.assertEqual(self.session_level(0, "check.quiet.test"), "debug")
 
     def test_session_with_transaction_logs_at_info(self):
-        c = self.client(listener=0)
-        c.expect(250, line="EHLO mail.quiet.test")
-        c.transaction("a@client.example.test", ["user@example.test"], make_message())
-        c.expect(221, line="QUIT")
-        self.assertEqual(self.session_end("mail.quiet.test"), "info")
+        def transaction(c):
+            c.transaction("a@client.example.test", ["user@example.test"], make_message())
+        self.assertEqual(self.session_level(0, "mail.quiet.test", transaction), "info")
 
     def test_session_with_error_logs_at_info(self):
-        c = self.client(listener=0)
-        c.expect(250, line="EHLO error.quiet.test")
-        c.expect(500, line="FROB")
-        c.expect(221, line="QUIT")
-        self.assertEqual(self.session_end("error.quiet.test"), "info")
+        def error(c):
+            c.expect(500, line="FROB")
+        self.assertEqual(self.session_level(0, "error.quiet.test", error), "info")
 
     def test_other_listener_logs_at_info(self):
-        c = self.client(listener=1)
-        c.expect(250, line="EHLO loud.quiet.test")
-        c.expect(221, line="QUIT")
-        self.assertEqual(self.session_end("loud.quiet.test"), "info")
+        self.assertEqual(self.session_level(1, "loud.quiet.test"), "info")
 
 
 class ClientTimeouts(GatewayTestCase):

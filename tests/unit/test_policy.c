@@ -820,6 +820,21 @@ test_includes(void)
 	}
 }
 
+/* Loads path, which must be refused with exactly the error text want. */
+static void
+check_refused(const char *name, const char *path, const char *want)
+{
+	struct policy	*pol;
+	char		*errs = NULL;
+
+	pol = policy_load(path, &errs);
+	CHECKF(pol == NULL && errs != NULL && strcmp(errs, want) == 0,
+	    "%s\n   got: %s  want: %s", name, errs != NULL ? errs : "(none)\n",
+	    want);
+	policy_unref(pol);
+	free(errs);
+}
+
 /*
  * Control characters in file names, the loaded file's and an included
  * one's, are shown as '?' so that each error stays on one line.
@@ -827,44 +842,32 @@ test_includes(void)
 static void
 test_control_names(void)
 {
-	struct policy	*pol;
-	char		*errs, want[3 * PATH_MAX], text[64];
+	char	want[3 * PATH_MAX], text[64];
 
-	errs = NULL;
-	pol = policy_load(tmp("no\nsuch\033[1m.yaml"), &errs);
 	snprintf(want, sizeof(want), "%s/no?such?[1m.yaml: cannot open: No "
 	    "such file or directory\n", tmpdir);
-	CHECKF(pol == NULL && errs != NULL && strcmp(errs, want) == 0, "%s",
-	    errs);
-	free(errs);
+	check_refused("control characters in the file name",
+	    tmp("no\nsuch\033[1m.yaml"), want);
 
 	snprintf(text, sizeof(text), "include: [\"x\\ty\\r\"]\n");
 	write_file(polfile, text, strlen(text));
-	errs = NULL;
-	pol = policy_load(polfile, &errs);
 	snprintf(want, sizeof(want), "%s:1:11: include[0]: %s/x?y?: cannot "
 	    "open: No such file or directory\n", polfile, tmpdir);
-	CHECKF(pol == NULL && errs != NULL && strcmp(errs, want) == 0, "%s",
-	    errs);
-	free(errs);
+	check_refused("control characters in an include", polfile, want);
 }
 
 /* A FIFO named as an include is refused, not waited on for ever. */
 static void
 test_fifo_include(void)
 {
-	struct policy	*pol;
-	char		*errs = NULL, want[3 * PATH_MAX], text[64];
+	char	want[3 * PATH_MAX], text[64];
 
 	CHECK(mkfifo(tmp("pipe.yaml"), 0600) == 0);
 	snprintf(text, sizeof(text), "include: [pipe.yaml]\n");
 	write_file(polfile, text, strlen(text));
-	pol = policy_load(polfile, &errs);
 	snprintf(want, sizeof(want), "%s:1:11: include[0]: %s/pipe.yaml: not "
 	    "a regular file\n", polfile, tmpdir);
-	CHECKF(pol == NULL && errs != NULL && strcmp(errs, want) == 0, "%s",
-	    errs);
-	free(errs);
+	check_refused("a FIFO as an include", polfile, want);
 	unlink(tmp("pipe.yaml"));
 }
 
