@@ -930,35 +930,46 @@ test_down(void)
 	CHECK(h_done(&h) == 0);
 }
 
+/*
+ * Checks c 3 * limit times, alternately on st[0] and st[1] (connected
+ * first), then frees both: exactly limit pass, the rest are refused.
+ */
+static void
+shared_limit(struct harness *h, struct rl_store *st[2], struct rl_check c,
+    size_t limit)
+{
+	struct ans a[15];
+	struct ans_set set = { a, 3 * limit };
+	size_t i, allowed = 0, denied = 0;
+
+	CHECK(3 * limit <= NELEM(a));
+	CHECK(run_until(h, pred_ready, st[0], 2000));
+	CHECK(run_until(h, pred_ready, st[1], 2000));
+	for (i = 0; i < set.n; i++)
+		CHECK(issue(h, st[i % 2], &c, 1, &a[i]) == 1);
+	CHECK(run_until(h, pred_all_answered, &set, 2000));
+	for (i = 0; i < set.n; i++) {
+		CHECK(a[i].calls == 1);
+		allowed += a[i].res.status == RL_ALLOW;
+		denied += a[i].res.status == RL_DENY;
+	}
+	CHECKF(allowed == limit, "%zu allowed", allowed);
+	CHECKF(denied == 2 * limit, "%zu denied", denied);
+	rl_store_free(st[0]);
+	rl_store_free(st[1]);
+}
+
 /* Two stores (two workers) share a key: the limit holds over both. */
 static void
 test_shared(void)
 {
 	struct harness h;
 	struct rl_store *st[2];
-	struct rl_check c = chk("shared", 5, 60, 1, 0);
-	struct ans a[15];
-	struct ans_set set = { a, NELEM(a) };
-	size_t i, allowed = 0, denied = 0;
 
 	h_init(&h);
 	st[0] = store_new(&h, &srv_plain, NULL, 0, 1000);
 	st[1] = store_new(&h, &srv_plain, NULL, 0, 1000);
-	CHECK(run_until(&h, pred_ready, st[0], 2000));
-	CHECK(run_until(&h, pred_ready, st[1], 2000));
-	for (i = 0; i < NELEM(a); i++)
-		CHECK(issue(&h, st[i % 2], &c, 1, &a[i]) == 1);
-	CHECK(run_until(&h, pred_all_answered, &set, 2000));
-	for (i = 0; i < NELEM(a); i++) {
-		CHECK(a[i].calls == 1);
-		allowed += a[i].res.status == RL_ALLOW;
-		denied += a[i].res.status == RL_DENY;
-	}
-	CHECKF(allowed == 5, "%zu allowed", allowed);
-	CHECKF(denied == 10, "%zu denied", denied);
-
-	rl_store_free(st[0]);
-	rl_store_free(st[1]);
+	shared_limit(&h, st, chk("shared", 5, 60, 1, 0), 5);
 	CHECK(h_done(&h) == 0);
 }
 
@@ -972,8 +983,7 @@ test_unix(void)
 	struct harness h;
 	struct rl_store *st[2];
 	struct rl_check c = chk("unix", 4, 60, 1, 0);
-	struct ans a[10];
-	struct ans_set set = { a, NELEM(a) };
+	struct ans a[1];
 	char path[96];
 	struct rl_redis_params p = {
 		.path = path,
@@ -983,26 +993,12 @@ test_unix(void)
 		.timeout_ms = 1000,
 		.name = "unix",
 	};
-	size_t i, allowed = 0, denied = 0;
 
 	h_init(&h);
 	snprintf(path, sizeof(path), "%s/sock", srv_plain.dir);
 	st[0] = rl_redis_new(&h.loop, &p);
 	st[1] = store_new(&h, &srv_plain, NULL, 0, 1000);
-	CHECK(run_until(&h, pred_ready, st[0], 2000));
-	CHECK(run_until(&h, pred_ready, st[1], 2000));
-	for (i = 0; i < NELEM(a); i++)
-		CHECK(issue(&h, st[i % 2], &c, 1, &a[i]) == 1);
-	CHECK(run_until(&h, pred_all_answered, &set, 2000));
-	for (i = 0; i < NELEM(a); i++) {
-		CHECK(a[i].calls == 1);
-		allowed += a[i].res.status == RL_ALLOW;
-		denied += a[i].res.status == RL_DENY;
-	}
-	CHECKF(allowed == 4, "%zu allowed", allowed);
-	CHECKF(denied == 6, "%zu denied", denied);
-	rl_store_free(st[0]);
-	rl_store_free(st[1]);
+	shared_limit(&h, st, c, 4);
 
 	/* No server at the path: not ready, checks answered RL_ERROR. */
 	snprintf(path, sizeof(path), "%s/nothing", srv_plain.dir);
