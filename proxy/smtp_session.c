@@ -1515,8 +1515,9 @@ smtp_data_abort(struct smtp_session *s)
 		[TX_BACKEND] = "backend lost",
 		[TX_FILTER] = "refused by a filter",
 	};
+	char	buf[600];
 	size_t	start = s->out_len;
-	int	code, refuse = 0;
+	int	code, n, refuse = 0;
 
 	/* Without its final dot the backend never completes the message. */
 	smtp_be_drop(s, 0);
@@ -1525,9 +1526,9 @@ smtp_data_abort(struct smtp_session *s)
 	if (s->tx.abort == TX_FILTER) {
 		code = s->flt.res.code;
 		refuse = s->flt.res.verdict == FLT_REFUSE;
-		s->out_len += (size_t)snprintf(s->out + s->out_len,
-		    OUT_SIZE - s->out_len, "%03d %s\r\n", code, s->flt.res.reply);
-		metrics_reply(code / 100);
+		n = snprintf(buf, sizeof(buf), "%03d %s\r\n", code,
+		    s->flt.res.reply);
+		smtp_out(s, buf, (size_t)n);
 		flt_run_reset(&s->flt);
 	} else {
 		enum smtp_reply_id id = s->tx.abort == TX_BACKEND ?
