@@ -870,9 +870,8 @@ cfg_tls_check(struct cfg_ctx *c, const yaml_node_t *root)
 	}
 }
 
-/* Two addresses that bind the same socket. */
-static bool
-cfg_addr_same(const struct cfg_addr *a, const struct cfg_addr *b)
+bool
+config_same_addr(const struct cfg_addr *a, const struct cfg_addr *b)
 {
 	return a->sslen == b->sslen && memcmp(&a->ss, &b->ss, a->sslen) == 0;
 }
@@ -891,7 +890,7 @@ cfg_metrics_check(struct cfg_ctx *c, const yaml_node_t *root)
 	if (cfg->metrics_addr.sslen == 0)
 		return;
 	for (i = 0; i < cfg->nlisten; i++) {
-		if (!cfg_addr_same(&cfg->metrics_addr, &cfg->listen[i].addr))
+		if (!config_same_addr(&cfg->metrics_addr, &cfg->listen[i].addr))
 			continue;
 		m = cfg_find(c, root, "metrics");
 		a = m != NULL && m->type == YAML_MAPPING_NODE ?

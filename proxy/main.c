@@ -157,9 +157,7 @@ reload(struct proxy_ctx *ctx)
 	    strcmp(cfg->redis_socket, ctx->cfg->redis_socket) != 0))
 		log_warn("reload: workers and the redis address take effect "
 		    "at the next restart");
-	if (cfg->metrics_addr.sslen != ctx->metrics_addr.sslen ||
-	    memcmp(&cfg->metrics_addr.ss, &ctx->metrics_addr.ss,
-	    cfg->metrics_addr.sslen) != 0)
+	if (!config_same_addr(&cfg->metrics_addr, &ctx->metrics_addr))
 		/* The endpoint stays as it is; the rest is reloaded. */
 		log_warn("reload: the metrics address takes effect at the next "
 		    "restart (metrics stay at %s)", ctx->metrics_addr.sslen ?

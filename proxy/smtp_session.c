@@ -2869,8 +2869,7 @@ smtp_listener(const struct worker *w, const struct config *cfg, size_t idx)
 {
 	const struct cfg_addr *a = &w->bound[idx];
 
-	if (idx >= cfg->nlisten || cfg->listen[idx].addr.sslen != a->sslen ||
-	    memcmp(&cfg->listen[idx].addr.ss, &a->ss, a->sslen) != 0)
+	if (idx >= cfg->nlisten || !config_same_addr(&cfg->listen[idx].addr, a))
 		return NULL;
 	return &cfg->listen[idx];
 }
