@@ -2396,8 +2396,8 @@ smtp_timeout_cb(uv_timer_t *t)
 	if (!(s->flags & SF_OUT_WRITING) && (s->fly_n > 0 ||
 	    (s->flags & SF_AWAIT) || (s->be != NULL && !be_ready(s->be)))) {
 		/* Time spent waiting for the backend is not the client's. */
-		s->line_since = uv_now(&s->w->loop);
-		s->data_due = s->line_since + s->cfg->to_data;
+		s->line_since = now;
+		s->data_due = now + s->cfg->to_data;
 		smtp_timer_arm(s);
 		return;
 	}
