@@ -306,11 +306,9 @@ flt_ratelimit_hook(enum flt_stage st, const struct flt_env *env,
 	req.host = env->hostname;
 	req.client = env->addr_text;
 	/* The answer may come later: req then lives on the heap. */
-	if ((q = malloc(offsetof(struct rl_req, which) +
-	    n * sizeof(req.which[0]))) == NULL)
+	if ((q = malloc(sizeof(*q))) == NULL)
 		return FLT_CONTINUE;
-	memcpy(q, &req, offsetof(struct rl_req, which) +
-	    n * sizeof(req.which[0]));
+	*q = req;
 	if (rl_check(env->rl, checks, n, &r, rl_done_cb, q) == 1) {
 		/* done is never called from within rl_check(). */
 		q->call = flt_defer(env);

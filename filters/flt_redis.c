@@ -15,10 +15,8 @@
  * the moment it is handed to redisAsyncFormattedCommand() it is owned by
  * hiredis until hiredis calls fr_reply_cb() for it: with the reply, or
  * with NULL when the connection is freed (hiredis runs every pending
- * callback then).  fr_reply_cb() always releases the batch and its
- * requests, unless it resends the batch (NOSCRIPT).  Released requests
- * and batches go to the store's free lists (up to FR_FREE_MAX of each)
- * and are reused by the next checks; they are freed with the store.  An open batch is answered
+ * callback then).  fr_reply_cb() always frees the batch and its requests,
+ * unless it resends the batch (NOSCRIPT).  An open batch is answered
  * RL_ERROR and freed when the connection goes down or the store closes.
  * Independently, each request sits in the store's list of unanswered
  * requests until done is called: by the reply, by the timeout, or by the
@@ -75,9 +73,6 @@
 #define FR_SPAN_MAX	(UINT64_C(1) << 48)	/* the largest W and c * T
 						 * (µs, 8.9 years), as in
 						 * rl_mem.c */
-#define FR_FREE_MAX	64	/* free requests (and batches) kept */
-#define FR_REQ_SIZE	512	/* a request's buffer, at least: one that
-				 * needs more is not kept for reuse */
 /* The RESP of one number argument, at most: "$20\r\n", 20 digits, CRLF. */
 #define FR_RESP_NUM	(5 + 20 + 2)
 /* The RESP of one key argument's framing, at most: "$" 5 digits CRLF,
@@ -247,14 +242,12 @@ enum fr_state {
 struct fr_req {
 	struct flt_redis	*st;		/* the store */
 	struct fr_req		*prev, *next;	/* in st's unanswered list */
-	struct fr_req		*bnext;		/* the next of its batch, or of
-						 * the free list */
+	struct fr_req		*bnext;		/* the next of its batch */
 	rl_done_fn		 done;		/* the caller's callback ... */
 	void			*arg;		/* ... and its argument */
 	uint64_t		 deadline;	/* uv_now() when it times out */
 	int			 flags;		/* FR_REQ_* */
 	size_t			 n;		/* checks in it */
-	size_t			 size;		/* buf's size */
 	size_t			 keyslen;	/* the keys' RESP: buf[0..keyslen) */
 	size_t			 numslen;	/* the numbers' RESP, right after */
 	char			 buf[];		/* the prefixed keys, then the
@@ -267,11 +260,10 @@ struct fr_req {
 /*
  * The requests of one loop iteration, in one EVALSHA.  Open (st->open)
  * until the loop writes it; then owned by hiredis until fr_reply_cb(),
- * which releases it and its requests.
+ * which frees it and its requests.
  */
 struct fr_batch {
 	struct flt_redis	*st;		/* the store */
-	struct fr_batch		*fnext;		/* the next in the free list */
 	struct fr_req		*first, *last;	/* its requests, in order */
 	size_t			 nreq;		/* requests in it */
 	size_t			 nkeys;		/* keys over all of them */
@@ -327,11 +319,6 @@ struct flt_redis {
 	struct fr_req		*head, *tail;	/* unanswered, oldest first */
 	struct fr_batch		*open;		/* the requests not written yet,
 						 * or NULL */
-	struct fr_req		*free_req;	/* released requests of
-						 * FR_REQ_SIZE, for reuse */
-	struct fr_batch		*free_batch;	/* released batches, for reuse */
-	unsigned		 nfree_req;	/* in free_req */
-	unsigned		 nfree_batch;	/* in free_batch */
 	char			*cmd;		/* the batch being written, as
 						 * RESP (hiredis copies it) */
 	size_t			 cmdsize;	/* cmd's size */
@@ -856,29 +843,17 @@ fr_parse(const redisReply *e, size_t n, struct rl_result *res)
 	return 0;
 }
 
-/* Releases a batch and its requests to the store's free lists (or
- * frees them when the lists are full, or a request is an outsized one). */
+/* Frees a batch and its requests. */
 static void
 fr_batch_free(struct fr_batch *b)
 {
-	struct flt_redis *st = b->st;
 	struct fr_req *req, *next;
 
 	for (req = b->first; req != NULL; req = next) {
 		next = req->bnext;
-		if (req->size == FR_REQ_SIZE && st->nfree_req < FR_FREE_MAX) {
-			req->bnext = st->free_req;
-			st->free_req = req;
-			st->nfree_req++;
-		} else
-			free(req);
+		free(req);
 	}
-	if (st->nfree_batch < FR_FREE_MAX) {
-		b->fnext = st->free_batch;
-		st->free_batch = b;
-		st->nfree_batch++;
-	} else
-		free(b);
+	free(b);
 }
 
 /*
@@ -1135,31 +1110,21 @@ fr_valid(const struct rl_check *c, size_t n)
 	return 1;
 }
 
-/*
- * Builds the request of n valid checks, reusing a released one when it is
- * large enough; aborts when out of memory.
- */
+/* Builds the request of n valid checks; aborts when out of memory. */
 static struct fr_req *
 fr_req_new(struct flt_redis *st, const struct rl_check *c, size_t n,
     rl_done_fn done, void *arg)
 {
 	struct fr_req *req;
-	size_t i, len, off, size;
+	size_t i, len, off;
 	char *p;
 
 	len = FR_RESP_NUM + n * (FR_RESP_KEY + st->prefixlen +
 	    3 * FR_RESP_NUM);
 	for (i = 0; i < n; i++)
 		len += c[i].keylen;
-	if (len <= FR_REQ_SIZE && (req = st->free_req) != NULL) {
-		st->free_req = req->bnext;
-		st->nfree_req--;
-	} else {
-		size = len > FR_REQ_SIZE ? len : FR_REQ_SIZE;
-		if ((req = malloc(sizeof(*req) + size)) == NULL)
-			fatalx("%s: out of memory", __func__);
-		req->size = size;
-	}
+	if ((req = malloc(sizeof(*req) + len)) == NULL)
+		fatalx("%s: out of memory", __func__);
 	req->st = st;
 	req->prev = req->next = req->bnext = NULL;
 	req->done = done;
@@ -1209,11 +1174,7 @@ fr_check(struct rl_store *base, const struct rl_check *c, size_t n,
 
 	/* Into this iteration's batch, written by fr_ev_flush_cb(). */
 	if ((b = st->open) == NULL) {
-		if ((b = st->free_batch) != NULL) {
-			st->free_batch = b->fnext;
-			st->nfree_batch--;
-			memset(b, 0, sizeof(*b));
-		} else if ((b = calloc(1, sizeof(*b))) == NULL)
+		if ((b = calloc(1, sizeof(*b))) == NULL)
 			fatalx("%s: out of memory", __func__);
 		b->st = st;
 		st->open = b;
@@ -1289,19 +1250,9 @@ static void
 fr_closed_cb(uv_handle_t *h)
 {
 	struct flt_redis *st = h->data;
-	struct fr_req *req;
-	struct fr_batch *b;
 
 	if (--st->handles > 0)
 		return;
-	while ((req = st->free_req) != NULL) {
-		st->free_req = req->bnext;
-		free(req);
-	}
-	while ((b = st->free_batch) != NULL) {
-		st->free_batch = b->fnext;
-		free(b);
-	}
 	free(st->cmd);
 	free(st->host);
 	free(st->path);

@@ -523,6 +523,12 @@ cfg_listen_check(struct cfg_ctx *c, const yaml_node_t *item,
 		    err);
 }
 
+bool
+config_same_addr(const struct cfg_addr *a, const struct cfg_addr *b)
+{
+	return a->sslen == b->sslen && memcmp(&a->ss, &b->ss, a->sslen) == 0;
+}
+
 /*
  * Reads a list (CT_LISTEN into a cfg_listen array, CT_ADDRS into a
  * cfg_addr array) from node v at base + k->off, its count at
@@ -561,9 +567,8 @@ cfg_walk_list(struct cfg_ctx *c, const struct cfg_key *k, const yaml_node_t *v,
 			cfg_walk_map(c, item, k->sub, (char *)&ls[*count],
 			    ipath);
 			for (i = 0; c->errs.n == errs && i < *count; i++) {
-				if (ls[i].addr.sslen != ls[*count].addr.sslen ||
-				    memcmp(&ls[i].addr.ss, &ls[*count].addr.ss,
-				    ls[i].addr.sslen) != 0)
+				if (!config_same_addr(&ls[i].addr,
+				    &ls[*count].addr))
 					continue;
 				cfg_error(c, &item->start_mark, "%s.address: "
 				    "%s is already listed as %s[%u]", ipath,
@@ -870,12 +875,6 @@ cfg_tls_check(struct cfg_ctx *c, const yaml_node_t *root)
 	}
 }
 
-bool
-config_same_addr(const struct cfg_addr *a, const struct cfg_addr *b)
-{
-	return a->sslen == b->sslen && memcmp(&a->ss, &b->ss, a->sslen) == 0;
-}
-
 /*
  * The metrics endpoint's address may not be a listener's: one of the two
  * could not be bound.  root is the top-level map.
@@ -1080,9 +1079,7 @@ config_same_listen(const struct config *a, const struct config *b)
 	if (a->nlisten != b->nlisten)
 		return false;
 	for (i = 0; i < a->nlisten; i++)
-		if (a->listen[i].addr.sslen != b->listen[i].addr.sslen ||
-		    memcmp(&a->listen[i].addr.ss, &b->listen[i].addr.ss,
-		    a->listen[i].addr.sslen) != 0)
+		if (!config_same_addr(&a->listen[i].addr, &b->listen[i].addr))
 			return false;
 	return true;
 }

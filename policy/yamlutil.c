@@ -93,7 +93,7 @@ yu_errcmp(const void *a, const void *b)
  * a YAML value may hold any of them ("\n" in a double-quoted key), and an
  * error must stay on its one line and not drive the reader's terminal.
  */
-static void
+void
 yu_putclean(FILE *f, const char *s)
 {
 	for (; *s != '\0'; s++)

@@ -14,6 +14,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <yaml.h>
 
@@ -70,6 +71,12 @@ void yu_verror(struct yu_errs *errs, const yaml_mark_t *mark,
  * shown as '?', so each error is one line.  Empties errs.
  */
 char *yu_errtext(struct yu_errs *errs);
+
+/*
+ * Writes s to f with control characters (and DEL) as '?', so that a name
+ * or a message cannot split an error line or drive the reader's terminal.
+ */
+void yu_putclean(FILE *f, const char *s);
 
 /* Returns nonzero for a scalar written as nothing at all ("key:"). */
 int yu_isempty(const yaml_node_t *n);

@@ -20,6 +20,7 @@
 
 #include "auth.h"
 #include "log.h"
+#include "yamlutil.h"
 
 /* Largest credentials file read, in octets. */
 #define AUTH_FILE_MAX	(16 * 1024 * 1024)
@@ -163,18 +164,6 @@ load_errcmp(const void *a, const void *b)
 }
 
 /*
- * Writes s to f with control characters (and DEL) as '?', so that a file
- * name holding a line break or an escape sequence cannot split an error
- * line or drive the reader's terminal.
- */
-static void
-put_clean(FILE *f, const char *s)
-{
-	for (; *s != '\0'; s++)
-		putc((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s, f);
-}
-
-/*
  * Returns every error as one malloc'd text, "FILE:LINE:COL: message\n"
  * each, in file order, and frees them.
  */
@@ -191,11 +180,11 @@ load_errtext(struct load_ctx *c)
 		oom();
 	for (i = 0; i < c->nerrs; i++) {
 		e = &c->errs[i];
-		put_clean(f, c->path);
+		yu_putclean(f, c->path);
 		if (e->line)
 			fprintf(f, ":%zu:%zu", e->line, e->col);
 		fputs(": ", f);
-		put_clean(f, e->msg);
+		yu_putclean(f, e->msg);
 		putc('\n', f);
 		free(e->msg);
 	}

@@ -1178,7 +1178,7 @@ test_reuse(void)
 		big[k] = chk(key, 3, 60, 1, 0);
 	}
 	for (round = 0; round < 3; round++) {
-		/* One batch of single checks (from free lists after round 0). */
+		/* One batch of single checks. */
 		for (i = 0; i < NELEM(small); i++)
 			CHECK(issue(&h, st, &small[i], 1, &a[i]) == 1);
 		CHECK(run_until(&h, pred_all_answered, &set, 2000));
