@@ -523,9 +523,8 @@ cfg_listen_check(struct cfg_ctx *c, const yaml_node_t *item,
 		    err);
 }
 
-/* Two addresses that bind the same socket. */
-static bool
-cfg_addr_same(const struct cfg_addr *a, const struct cfg_addr *b)
+bool
+config_same_addr(const struct cfg_addr *a, const struct cfg_addr *b)
 {
 	return a->sslen == b->sslen && memcmp(&a->ss, &b->ss, a->sslen) == 0;
 }
@@ -568,7 +567,7 @@ cfg_walk_list(struct cfg_ctx *c, const struct cfg_key *k, const yaml_node_t *v,
 			cfg_walk_map(c, item, k->sub, (char *)&ls[*count],
 			    ipath);
 			for (i = 0; c->errs.n == errs && i < *count; i++) {
-				if (!cfg_addr_same(&ls[i].addr,
+				if (!config_same_addr(&ls[i].addr,
 				    &ls[*count].addr))
 					continue;
 				cfg_error(c, &item->start_mark, "%s.address: "
@@ -890,7 +889,7 @@ cfg_metrics_check(struct cfg_ctx *c, const yaml_node_t *root)
 	if (cfg->metrics_addr.sslen == 0)
 		return;
 	for (i = 0; i < cfg->nlisten; i++) {
-		if (!cfg_addr_same(&cfg->metrics_addr, &cfg->listen[i].addr))
+		if (!config_same_addr(&cfg->metrics_addr, &cfg->listen[i].addr))
 			continue;
 		m = cfg_find(c, root, "metrics");
 		a = m != NULL && m->type == YAML_MAPPING_NODE ?
@@ -1080,7 +1079,7 @@ config_same_listen(const struct config *a, const struct config *b)
 	if (a->nlisten != b->nlisten)
 		return false;
 	for (i = 0; i < a->nlisten; i++)
-		if (!cfg_addr_same(&a->listen[i].addr, &b->listen[i].addr))
+		if (!config_same_addr(&a->listen[i].addr, &b->listen[i].addr))
 			return false;
 	return true;
 }

@@ -181,6 +181,9 @@ void config_unref(struct config *cfg);
 /* True when a and b listen on the same addresses, in the same order. */
 bool config_same_listen(const struct config *a, const struct config *b);
 
+/* True when addresses a and b bind the same socket (sslen 0: none). */
+bool config_same_addr(const struct cfg_addr *a, const struct cfg_addr *b);
+
 /*
  * Parses "host:port", "[v6]:port" or "*:port" into a.  Returns 0, or -1
  * when malformed.

@@ -38,6 +38,8 @@ struct proxy_ctx {
 	struct rl_store		*rl_mem;	/* the in-process rate-limit store,
 						 * shared (used without redis:) */
 	struct client_table	*clients;	/* connections per client address */
+	int			 fd_limit;	/* RLIMIT_NOFILE once raised (0:
+						 * none): see worker.c */
 	struct metrics		*metrics;	/* every worker's counters */
 	struct metrics_http	*metrics_http;	/* the endpoint (metrics:), or
 						 * NULL */
@@ -73,9 +75,6 @@ struct worker {
 	uv_timer_t		 accept_timer;	/* ends a pause in accepting */
 	int			 accept_paused;	/* listeners stopped: out of
 						 * file descriptors */
-	int			 fd_limit;	/* RLIMIT_NOFILE (0: none): an
-						 * accepted descriptor within
-						 * FD_SPARE of it is refused */
 	int			 fd_short;	/* the last one was refused */
 	int			 reserve_fd;	/* /dev/null, kept open to be
 						 * closed when out of file

@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -89,16 +90,17 @@ bind_listener(const struct cfg_addr *a, uv_os_sock_t *fd)
  * Raises the soft limit on open files toward what max_connections needs (a
  * client and a backend connection per session, and some to spare), as far
  * as the hard limit allows; warns when that is not enough.  Past the limit
- * connections get 421 (see worker.c), never a spinning loop.
+ * connections get 421 (see worker.c), never a spinning loop.  Returns the
+ * limit then in force, or 0 for none (or unknown).
  */
-static void
+static int
 raise_nofile(const struct config *cfg)
 {
 	struct rlimit	rl;
 	rlim_t		want = (rlim_t)cfg->max_connections * 2 + 64;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-		return;
+		return 0;
 	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
 		rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ||
 		    rl.rlim_max > want ? want : rl.rlim_max;
@@ -111,6 +113,8 @@ raise_nofile(const struct config *cfg)
 		    "hard limit: ulimit -Hn, LimitNOFILE=)",
 		    (unsigned long long)rl.rlim_cur, cfg->max_connections,
 		    (unsigned long long)want);
+	return rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < INT_MAX ?
+	    (int)rl.rlim_cur : 0;
 }
 
 struct main_state {
@@ -157,9 +161,7 @@ reload(struct proxy_ctx *ctx)
 	    strcmp(cfg->redis_socket, ctx->cfg->redis_socket) != 0))
 		log_warn("reload: workers and the redis address take effect "
 		    "at the next restart");
-	if (cfg->metrics_addr.sslen != ctx->metrics_addr.sslen ||
-	    memcmp(&cfg->metrics_addr.ss, &ctx->metrics_addr.ss,
-	    cfg->metrics_addr.sslen) != 0)
+	if (!config_same_addr(&cfg->metrics_addr, &ctx->metrics_addr))
 		/* The endpoint stays as it is; the rest is reloaded. */
 		log_warn("reload: the metrics address takes effect at the next "
 		    "restart (metrics stay at %s)", ctx->metrics_addr.sslen ?
@@ -233,7 +235,7 @@ run(struct proxy_ctx *ctx)
 			}
 		}
 	}
-	raise_nofile(cfg);
+	ctx->fd_limit = raise_nofile(cfg);
 	for (j = 0; j < cfg->nlisten; j++)
 		names[j] = cfg->listen[j].addr.text;
 	if ((ctx->metrics = metrics_new(ctx->nworkers, names, cfg->nlisten)) ==

@@ -1515,8 +1515,9 @@ smtp_data_abort(struct smtp_session *s)
 		[TX_BACKEND] = "backend lost",
 		[TX_FILTER] = "refused by a filter",
 	};
+	char	buf[600];
 	size_t	start = s->out_len;
-	int	code, refuse = 0;
+	int	code, n, refuse = 0;
 
 	/* Without its final dot the backend never completes the message. */
 	smtp_be_drop(s, 0);
@@ -1525,9 +1526,9 @@ smtp_data_abort(struct smtp_session *s)
 	if (s->tx.abort == TX_FILTER) {
 		code = s->flt.res.code;
 		refuse = s->flt.res.verdict == FLT_REFUSE;
-		s->out_len += (size_t)snprintf(s->out + s->out_len,
-		    OUT_SIZE - s->out_len, "%03d %s\r\n", code, s->flt.res.reply);
-		metrics_reply(code / 100);
+		n = snprintf(buf, sizeof(buf), "%03d %s\r\n", code,
+		    s->flt.res.reply);
+		smtp_out(s, buf, (size_t)n);
 		flt_run_reset(&s->flt);
 	} else {
 		enum smtp_reply_id id = s->tx.abort == TX_BACKEND ?
@@ -2395,8 +2396,8 @@ smtp_timeout_cb(uv_timer_t *t)
 	if (!(s->flags & SF_OUT_WRITING) && (s->fly_n > 0 ||
 	    (s->flags & SF_AWAIT) || (s->be != NULL && !be_ready(s->be)))) {
 		/* Time spent waiting for the backend is not the client's. */
-		s->line_since = uv_now(&s->w->loop);
-		s->data_due = s->line_since + s->cfg->to_data;
+		s->line_since = now;
+		s->data_due = now + s->cfg->to_data;
 		smtp_timer_arm(s);
 		return;
 	}
@@ -2868,8 +2869,7 @@ smtp_listener(const struct worker *w, const struct config *cfg, size_t idx)
 {
 	const struct cfg_addr *a = &w->bound[idx];
 
-	if (idx >= cfg->nlisten || cfg->listen[idx].addr.sslen != a->sslen ||
-	    memcmp(&cfg->listen[idx].addr.ss, &a->ss, a->sslen) != 0)
+	if (idx >= cfg->nlisten || !config_same_addr(&cfg->listen[idx].addr, a))
 		return NULL;
 	return &cfg->listen[idx];
 }

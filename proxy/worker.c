@@ -1,11 +1,9 @@
 /*
  * worker.c: a worker thread: one loop, its listeners, its sessions.
  */
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -152,8 +150,8 @@ worker_shed(struct worker *w, unsigned idx)
 static int
 worker_fds_short(struct worker *w, int fd)
 {
-	int short_now = w->fd_limit > 0 &&
-	    fd >= w->fd_limit - FD_SPARE(w->fd_limit);
+	int limit = w->ctx->fd_limit;
+	int short_now = limit > 0 && fd >= limit - FD_SPARE(limit);
 
 	if (short_now != w->fd_short) {
 		w->fd_short = short_now;
@@ -162,7 +160,7 @@ worker_fds_short(struct worker *w, int fd)
 			    "(descriptor %d, limit %d, %d kept for backend "
 			    "connections; %u sessions here): new connections "
 			    "get 421 4.7.0",
-			    w->idx, fd, w->fd_limit, FD_SPARE(w->fd_limit),
+			    w->idx, fd, limit, FD_SPARE(limit),
 			    w->nsessions);
 		else
 			log_info("worker=%u file descriptors available again: "
@@ -404,8 +402,6 @@ worker_main(void *arg)
 int
 worker_start(struct proxy_ctx *ctx, struct worker *w, unsigned idx)
 {
-	struct rlimit	rl;
-
 	w->ctx = ctx;
 	w->idx = idx;
 	w->cfg = config_ref(ctx->cfg);
@@ -422,9 +418,6 @@ worker_start(struct proxy_ctx *ctx, struct worker *w, unsigned idx)
 	w->accept_timer.data = w;
 	w->reserve_fd = -1;
 	worker_reserve_open(w);
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-	    rl.rlim_cur < INT_MAX)
-		w->fd_limit = (int)rl.rlim_cur;
 	return uv_thread_create(&w->thread, worker_main, w);
 }
 
