@@ -183,6 +183,7 @@ static const struct cfg_key timeout_keys[] = {
 static const struct cfg_key smtp_keys[] = {
 	KV("expn",		CT_BOOL,     smtp_expn,		0, 0),
 	KV("reverse_dns",	CT_BOOL,     smtp_reverse_dns,	0, 0),
+	KV("reverse_dns_cache",	CT_DURATION, smtp_rdns_cache,	0, DAY),
 	KEND
 };
 
@@ -958,6 +959,7 @@ config_defaults(struct config *cfg)
 	cfg->to_be_data_done = 10 * 60 * 1000;
 	cfg->smtp_expn = false;
 	cfg->smtp_reverse_dns = true;
+	cfg->smtp_rdns_cache = 60 * 1000;
 	cfg->be_verify = true;
 	strcpy(cfg->redis_prefix, "smtpgate:");
 	cfg->redis_timeout = 50;

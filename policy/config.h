@@ -157,6 +157,9 @@ struct config {
 						 * backend (else 502) */
 	bool		 smtp_reverse_dns;	/* smtp: reverse_dns: look up the
 						 * client's name for XCLIENT NAME */
+	unsigned	 smtp_rdns_cache;	/* smtp: reverse_dns_cache: how
+						 * long (ms) a worker reuses a
+						 * lookup's answer; 0: never */
 };
 
 /*

@@ -93,6 +93,9 @@ struct worker {
 						 * one callback only */
 	char			*pool[IOBUF_POOL];	/* free input buffers */
 	unsigned		 npool;
+	struct rdns_entry	*rdns_cache;	/* reverse lookups' answers
+						 * (smtp_session.c), made at
+						 * the first one; or NULL */
 };
 
 /* Takes an IOBUF_SIZE buffer from the worker's pool; NULL if out of memory. */

@@ -194,8 +194,28 @@ struct smtp_envc {
 struct rdns_req {
 	uv_work_t		 work;		/* the thread pool request */
 	struct smtp_session	*s;		/* owner, NULL once it is gone */
+	struct worker		*w;		/* s's worker (its cache) */
 	struct sockaddr_storage	 ss;		/* the client's address */
+	unsigned		 ttl;		/* ms to cache the answer; 0: not */
+	int			 temp;		/* a lookup failed temporarily */
 	char			 name[256];	/* result, or "[UNAVAILABLE]" */
+};
+
+/*
+ * A worker's cache of reverse lookups (smtp: reverse_dns_cache): the
+ * answer for an address, name or "[UNAVAILABLE]", reused until it
+ * expires, so that a client connecting again and again costs one lookup
+ * (a thread pool hop and the resolver's work) per period.  Answers to
+ * lookups that failed temporarily are not kept.  Direct-mapped by a hash
+ * of the address: a collision replaces the older entry.
+ */
+#define RDNS_SLOTS	256
+
+struct rdns_entry {
+	uint64_t		 expires;	/* uv_now() limit; 0: empty */
+	uint8_t			 family;	/* AF_INET or AF_INET6 */
+	uint8_t			 addr[16];	/* the address (4 or 16 bytes) */
+	char			 name[256];	/* the answer */
 };
 
 struct smtp_session {
@@ -2585,6 +2605,53 @@ static const struct be_callbacks smtp_be_callbacks = {
 
 /* ---- Reverse DNS ------------------------------------------------------- */
 
+/* The address bytes of ss and their length (4 or 16; 0: other family). */
+static size_t
+smtp_rdns_key(const struct sockaddr_storage *ss, const uint8_t **p)
+{
+	*p = NULL;
+	if (ss->ss_family == AF_INET) {
+		*p = (const uint8_t *)&((const struct sockaddr_in *)ss)->sin_addr;
+		return 4;
+	}
+	if (ss->ss_family == AF_INET6) {
+		*p = ((const struct sockaddr_in6 *)ss)->sin6_addr.s6_addr;
+		return 16;
+	}
+	return 0;
+}
+
+/* ss's slot in w's cache (made on first use), or NULL. */
+static struct rdns_entry *
+smtp_rdns_slot(struct worker *w, const struct sockaddr_storage *ss)
+{
+	const uint8_t	*p;
+	size_t		 n, i;
+	uint32_t	 h = 2166136261u;	/* FNV-1a */
+
+	if ((n = smtp_rdns_key(ss, &p)) == 0)
+		return NULL;
+	if (w->rdns_cache == NULL &&
+	    (w->rdns_cache = calloc(RDNS_SLOTS, sizeof(*w->rdns_cache))) ==
+	    NULL)
+		return NULL;
+	for (i = 0; i < n; i++)
+		h = (h ^ p[i]) * 16777619u;
+	return &w->rdns_cache[h % RDNS_SLOTS];
+}
+
+/* Nonzero when slot e holds ss's answer, still valid at now. */
+static int
+smtp_rdns_hit(const struct rdns_entry *e, const struct sockaddr_storage *ss,
+    uint64_t now)
+{
+	const uint8_t	*p;
+	size_t		 n = smtp_rdns_key(ss, &p);
+
+	return e->expires > now && e->family == ss->ss_family &&
+	    memcmp(e->addr, p, n) == 0;
+}
+
 /* Thread pool: PTR lookup, confirmed by a forward lookup. */
 static void
 smtp_rdns_work(uv_work_t *req)
@@ -2594,14 +2661,14 @@ smtp_rdns_work(uv_work_t *req)
 	char		 a[INET6_ADDRSTRLEN], b[INET6_ADDRSTRLEN];
 	socklen_t	 len = r->ss.ss_family == AF_INET6 ?
 	    sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-	int		 ok = 0;
+	int		 ok = 0, e;
 
-	if (getnameinfo((struct sockaddr *)&r->ss, len, r->name,
-	    sizeof(r->name), NULL, 0, NI_NAMEREQD) == 0) {
+	if ((e = getnameinfo((struct sockaddr *)&r->ss, len, r->name,
+	    sizeof(r->name), NULL, 0, NI_NAMEREQD)) == 0) {
 		memset(&hints, 0, sizeof(hints));
 		hints.ai_family = r->ss.ss_family;
 		hints.ai_socktype = SOCK_STREAM;
-		if (getaddrinfo(r->name, NULL, &hints, &res) == 0) {
+		if ((e = getaddrinfo(r->name, NULL, &hints, &res)) == 0) {
 			getnameinfo((struct sockaddr *)&r->ss, len, a,
 			    sizeof(a), NULL, 0, NI_NUMERICHOST);
 			for (ai = res; ai != NULL && !ok; ai = ai->ai_next)
@@ -2611,6 +2678,7 @@ smtp_rdns_work(uv_work_t *req)
 			freeaddrinfo(res);
 		}
 	}
+	r->temp = e == EAI_AGAIN || e == EAI_SYSTEM || e == EAI_MEMORY;
 	if (!ok)
 		strcpy(r->name, "[UNAVAILABLE]");
 }
@@ -2620,8 +2688,18 @@ smtp_rdns_done(uv_work_t *req, int status)
 {
 	struct rdns_req		*r = req->data;
 	struct smtp_session	*s = r->s;
+	struct rdns_entry	*e;
+	const uint8_t		*p;
+	size_t			 n;
 
-	(void)status;
+	if (status == 0 && r->ttl > 0 && !r->temp &&
+	    (e = smtp_rdns_slot(r->w, &r->ss)) != NULL) {
+		n = smtp_rdns_key(&r->ss, &p);
+		e->family = (uint8_t)r->ss.ss_family;
+		memcpy(e->addr, p, n);
+		memcpy(e->name, r->name, sizeof(e->name));
+		e->expires = uv_now(&r->w->loop) + r->ttl;
+	}
 	if (s != NULL) {
 		s->rdns = NULL;
 		memcpy(s->client.name, r->name, sizeof(s->client.name));
@@ -2635,12 +2713,25 @@ smtp_rdns_done(uv_work_t *req, int status)
 static void
 smtp_rdns_start(struct smtp_session *s, const struct sockaddr_storage *ss)
 {
-	struct rdns_req *r;
+	struct rdns_req		*r;
+	struct rdns_entry	*e;
 
-	if (!s->cfg->smtp_reverse_dns || (r = calloc(1, sizeof(*r))) == NULL)
+	if (!s->cfg->smtp_reverse_dns)
+		return;
+	if (s->cfg->smtp_rdns_cache > 0 &&
+	    (e = smtp_rdns_slot(s->w, ss)) != NULL &&
+	    smtp_rdns_hit(e, ss, uv_now(&s->w->loop))) {
+		memcpy(s->client.name, e->name, sizeof(s->client.name));
+		log_debug("session=%s client=%s name=%s (cached)", s->idstr,
+		    s->addr, s->client.name);
+		return;
+	}
+	if ((r = calloc(1, sizeof(*r))) == NULL)
 		return;
 	r->s = s;
+	r->w = s->w;
 	r->ss = *ss;
+	r->ttl = s->cfg->smtp_rdns_cache;
 	r->work.data = r;
 	if (uv_queue_work(&s->w->loop, &r->work, smtp_rdns_work,
 	    smtp_rdns_done) < 0) {

@@ -431,6 +431,7 @@ worker_join(struct worker *w)
 	config_unref(w->pending_cfg);
 	pattern_scratch_free(w->scratch);
 	free(w->tls_buf);
+	free(w->rdns_cache);
 }
 
 void

@@ -581,5 +581,58 @@ class ViaSmtpSink(unittest.TestCase):
         c.transaction(SENDER, [RCPT], make_big_message(10 * 1000 * 1000))
 
 
+class ReverseDnsCache(GatewayTestCase):
+    """smtp: reverse_dns_cache: a worker (one here) reuses the answer for an
+    address; the backend is told the same NAME either way."""
+
+    OVERRIDES = {"smtp": {"reverse_dns": True, "reverse_dns_cache": "60s"}}
+
+    def _names(self, addr, n):
+        """n sessions from addr, one transaction each; returns the XCLIENT
+        NAMEs the backend got and the gateway's name= log lines for them."""
+        off = self.gw.log_size()
+        k = len(self.backend.connections)
+        for _ in range(n):
+            c = self.client(source_addr=addr, ehlo=True)
+            c.transaction(SENDER, [RCPT], make_message())
+            c.cmd("QUIT")
+            c.close()
+        names = [x.xclient.get("NAME") for x in _new_conns(self.backend, k)]
+        lines = [ln for ln in self.gw.log_since(off).splitlines()
+                 if " client=%s name=" % addr in ln]
+        return names, lines
+
+    def test_name_reused(self):
+        names, lines = self._names("127.0.0.1", 3)
+        self.assertEqual(names, ["localhost"] * 3)
+        self.assertEqual(len(lines), 3, lines)
+        # The first may have been cached by an earlier test; the others are.
+        for ln in lines[1:]:
+            self.assertIn("name=localhost (cached)", ln)
+
+    def test_no_name_reused(self):
+        names, lines = self._names("127.0.0.3", 2)
+        self.assertEqual(names, ["[UNAVAILABLE]"] * 2)
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("name=[UNAVAILABLE] (cached)", lines[1])
+
+
+class ReverseDnsNoCache(ReverseDnsCache):
+    """reverse_dns_cache: 0: every connection is looked up."""
+
+    OVERRIDES = {"smtp": {"reverse_dns": True, "reverse_dns_cache": "0"}}
+
+    def test_name_reused(self):
+        names, lines = self._names("127.0.0.1", 3)
+        self.assertEqual(names, ["localhost"] * 3)
+        self.assertEqual(len(lines), 3, lines)
+        self.assertFalse([ln for ln in lines if "(cached)" in ln], lines)
+
+    def test_no_name_reused(self):
+        names, lines = self._names("127.0.0.3", 2)
+        self.assertEqual(names, ["[UNAVAILABLE]"] * 2)
+        self.assertFalse([ln for ln in lines if "(cached)" in ln], lines)
+
+
 if __name__ == "__main__":
     unittest.main()
