@@ -144,6 +144,7 @@ static const struct cfg_key backend_keys[] = {
 	{ "servers", CT_ADDRS, C(backends), 1, CFG_MAX_BACKENDS, NULL,
 	    C(nbackends), 1 },
 	KV("xclient",		CT_BOOL,     xclient,		0, 0),
+	KV("xclient_before_ehlo", CT_BOOL,   xclient_first,	0, 0),
 	KV("helo_name",		CT_HOST,     backend_helo,	0, HOSTSZ),
 	KM("timeouts",		backend_timeout_keys, 0),
 	KV("tls",		CT_BETLS,    be_tls,		0, 0),

@@ -86,6 +86,10 @@ struct config {
 	unsigned	 nbackends;		/* entries used in backends */
 	bool		 xclient;		/* backend: xclient: send XCLIENT
 						 * when the backend offers it */
+	bool		 xclient_first;		/* backend: xclient_before_ehlo:
+						 * XCLIENT right after the
+						 * greeting (no TLS to the
+						 * backend), not after an EHLO */
 	char		 backend_helo[256];	/* backend: helo_name (default:
 						 * hostname) */
 	enum cfg_be_tls	 be_tls;		/* backend: tls: (none) */

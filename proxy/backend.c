@@ -470,6 +470,15 @@ be_setup_reply(struct be_conn *be, int code, const char *r, size_t len)
 			why = BE_FAIL_CONN;
 			break;
 		}
+		/* backend: xclient_before_ehlo: XCLIENT, 220, then EHLO. */
+		if (be->cfg->xclient && be->cfg->xclient_first &&
+		    be->cfg->be_tls == CFG_BETLS_NONE) {
+			be->xattrs = SMTP_XCLIENT_ADDR | SMTP_XCLIENT_PORT |
+			    SMTP_XCLIENT_NAME | SMTP_XCLIENT_HELO |
+			    SMTP_XCLIENT_PROTO | SMTP_XCLIENT_LOGIN;
+			be_send_xclient(be);
+			return 0;
+		}
 		be_send_ehlo(be, BE_EHLO);
 		return 0;
 	case BE_EHLO:

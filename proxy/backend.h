@@ -4,7 +4,9 @@
  * later transactions.
  *
  * be_open() walks the configured servers in order until one greets, takes
- * EHLO and, when configured and offered, XCLIENT (then EHLO again).  Then
+ * EHLO and, when configured and offered, XCLIENT (then EHLO again).  With
+ * backend: xclient_before_ehlo (and no backend TLS), XCLIENT comes right
+ * after the greeting instead, with every attribute, then the one EHLO.  Then
  * the session sends commands with be_send() and message data with
  * be_write_data(); replies come back, in order, through on_reply.
  *

@@ -581,6 +581,31 @@ class ViaSmtpSink(unittest.TestCase):
         c.transaction(SENDER, [RCPT], make_big_message(10 * 1000 * 1000))
 
 
+class XclientBeforeEhlo(GatewayTestCase):
+    """backend: xclient_before_ehlo: XCLIENT comes right after the greeting,
+    with every attribute, then the client's EHLO."""
+
+    OVERRIDES = {"backend": {"xclient_before_ehlo": True}}
+
+    def test_xclient_first(self):
+        n = len(self.backend.connections)
+        c = self.client(source_addr="127.0.0.2", greet=True)
+        c.expect(250, line="EHLO helo.client.example.test")
+        c.transaction(SENDER, [RCPT], make_message())
+        conns = _new_conns(self.backend, n)
+        self.assertEqual(len(conns), 1)
+        verbs = conns[0].verbs()
+        self.assertEqual(verbs[:3], ["XCLIENT", "EHLO", "MAIL"], verbs)
+        self.assertEqual(verbs.count("EHLO"), 1, verbs)
+        x = conns[0].xclient
+        self.assertEqual(x.get("ADDR"), "127.0.0.2", x)
+        self.assertEqual(x.get("PORT"), str(c.local_port), x)
+        self.assertEqual(x.get("HELO"), "helo.client.example.test", x)
+        self.assertEqual(x.get("PROTO"), "ESMTP", x)
+        self.assertEqual(x.get("NAME"), "[UNAVAILABLE]", x)
+        self.assertEqual(conns[0].commands[1], b"EHLO helo.client.example.test")
+
+
 class ReverseDnsCache(GatewayTestCase):
     """smtp: reverse_dns_cache: a worker (one here) reuses the answer for an
     address; the backend is told the same NAME either way."""

@@ -23,12 +23,15 @@ def _msgid(msg):
 
 class ViaPostfix(unittest.TestCase):
 
+    OVERRIDES = {}
+    EHLOS = 2   # EHLOs Postfix gets per connection: ours, then the client's
+
     @classmethod
     def setUpClass(cls):
         cls.postfix = PrivatePostfix()
         cls.addClassCleanup(cls.postfix.cleanup)
         cls.postfix.start()
-        cls.gw = Gateway([cls.postfix.addr], name="postfix")
+        cls.gw = Gateway([cls.postfix.addr], cls.OVERRIDES, name="postfix")
         cls.addClassCleanup(cls.gw.stop_and_check)
         cls.gw.start()
 
@@ -81,6 +84,12 @@ class ViaPostfix(unittest.TestCase):
         qid = m.group(1)
         self.postfix.wait_log(r"%s: client=[^\s\[]*\[127\.0\.0\.2\]" % re.escape(qid))
 
+    def test_postfix_session_commands(self):
+        # Postfix's own count of the session's commands (XCLIENT's 220
+        # starts its counts again, so the last line is the client's).
+        self._send(make_message(subject="commands"), source_addr="127.0.0.6")
+        self.postfix.wait_log(r"disconnect from [^\s\[]*\[127\.0\.0\.6\] ehlo=%d " % self.EHLOS)
+
     def test_queue_id_relayed_verbatim(self):
         msg = make_message(subject="queue id")
         final = self._send(msg)
@@ -116,6 +125,39 @@ class ViaPostfix(unittest.TestCase):
         self._send(msg, source_addr=None)
         got = self.postfix.find_delivered(_msgid(msg).encode())
         self.assertTrue(got.endswith(b"\n.\n..\n...x\n.end\n"), got[-200:])
+
+
+class ViaPostfixXclientFirst(ViaPostfix):
+    """backend: xclient_before_ehlo: XCLIENT right after Postfix's 220, one
+    EHLO (the client's) per connection; everything else the same."""
+
+    OVERRIDES = {"backend": {"xclient_before_ehlo": True}}
+    EHLOS = 1
+
+
+class XclientFirstRefused(unittest.TestCase):
+    """xclient_before_ehlo against a Postfix that does not authorize the
+    gateway: Postfix refuses XCLIENT, the client gets 451 4.4.1 at MAIL and
+    nothing is relayed under the gateway's own address."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.postfix = PrivatePostfix(extra_main={"smtpd_authorized_xclient_hosts": ""})
+        cls.addClassCleanup(cls.postfix.cleanup)
+        cls.postfix.start()
+        cls.gw = Gateway([cls.postfix.addr], {"backend": {"xclient_before_ehlo": True}},
+                         name="postfix-noxclient")
+        cls.addClassCleanup(cls.gw.stop_and_check)
+        cls.gw.start()
+
+    def test_refused(self):
+        c = self.gw.client(source_addr="127.0.0.2")
+        self.addCleanup(c.close)
+        c.expect(250, line="EHLO helo.client.example.test")
+        r = c.cmd("MAIL FROM:<%s>" % SENDER)
+        check_reply(r, 451, "4.4.1")
+        self.postfix.wait_log(r"disconnect from [^\s\[]*\[127\.0\.0\.1\] .*xclient=0/1")
+        self.assertIn("refused in state XCLIENT", self.gw.log)
 
 
 if __name__ == "__main__":
