@@ -162,20 +162,27 @@ class Replies(GatewayTestCase):
         self.assertEqual([r.code for r in got], [250, 250, 250, 503], [str(r) for r in got])
 
 
+def _xclient_session(tc):
+    """One session from 127.0.0.2 with a transaction; checks the XCLIENT
+    attributes its backend connection got and returns that connection."""
+    n = len(tc.backend.connections)
+    c = tc.client(source_addr="127.0.0.2", greet=True)
+    c.expect(250, line="EHLO helo.client.example.test")
+    c.transaction(SENDER, [RCPT], make_message())
+    conns = _new_conns(tc.backend, n)
+    tc.assertEqual(len(conns), 1)
+    x = conns[0].xclient
+    tc.assertEqual(x.get("ADDR"), "127.0.0.2", x)
+    tc.assertEqual(x.get("PORT"), str(c.local_port), x)
+    tc.assertEqual(x.get("HELO"), "helo.client.example.test", x)
+    tc.assertEqual(x.get("PROTO"), "ESMTP", x)
+    return conns[0]
+
+
 class Xclient(GatewayTestCase):
 
     def test_xclient_attributes(self):
-        n = len(self.backend.connections)
-        c = self.client(source_addr="127.0.0.2", greet=True)
-        c.expect(250, line="EHLO helo.client.example.test")
-        c.transaction(SENDER, [RCPT], make_message())
-        conns = _new_conns(self.backend, n)
-        self.assertEqual(len(conns), 1)
-        x = conns[0].xclient
-        self.assertEqual(x.get("ADDR"), "127.0.0.2", x)
-        self.assertEqual(x.get("PORT"), str(c.local_port), x)
-        self.assertEqual(x.get("HELO"), "helo.client.example.test", x)
-        self.assertEqual(x.get("PROTO"), "ESMTP", x)
+        _xclient_session(self)
 
     def test_xclient_proto_smtp_after_helo(self):
         n = len(self.backend.connections)
@@ -588,22 +595,12 @@ class XclientBeforeEhlo(GatewayTestCase):
     OVERRIDES = {"backend": {"xclient_before_ehlo": True}}
 
     def test_xclient_first(self):
-        n = len(self.backend.connections)
-        c = self.client(source_addr="127.0.0.2", greet=True)
-        c.expect(250, line="EHLO helo.client.example.test")
-        c.transaction(SENDER, [RCPT], make_message())
-        conns = _new_conns(self.backend, n)
-        self.assertEqual(len(conns), 1)
-        verbs = conns[0].verbs()
+        conn = _xclient_session(self)
+        verbs = conn.verbs()
         self.assertEqual(verbs[:3], ["XCLIENT", "EHLO", "MAIL"], verbs)
         self.assertEqual(verbs.count("EHLO"), 1, verbs)
-        x = conns[0].xclient
-        self.assertEqual(x.get("ADDR"), "127.0.0.2", x)
-        self.assertEqual(x.get("PORT"), str(c.local_port), x)
-        self.assertEqual(x.get("HELO"), "helo.client.example.test", x)
-        self.assertEqual(x.get("PROTO"), "ESMTP", x)
-        self.assertEqual(x.get("NAME"), "[UNAVAILABLE]", x)
-        self.assertEqual(conns[0].commands[1], b"EHLO helo.client.example.test")
+        self.assertEqual(conn.xclient.get("NAME"), "[UNAVAILABLE]", conn.xclient)
+        self.assertEqual(conn.commands[1], b"EHLO helo.client.example.test")
 
 
 class ReverseDnsCache(GatewayTestCase):
