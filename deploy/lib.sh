@@ -263,6 +263,18 @@ gate_conf_replace() {
 	conf=${conf/"$1"/"$2"}
 }
 
+# gate_conf_local SMTP SUBMISSION METRICS POSTFIX REDIS: $conf, the config
+# the compose setup mounts, with its listeners (25, 587, metrics), its
+# backend and its Redis moved to those ports on 127.0.0.1.
+gate_conf_local() {
+	gate_conf_load
+	gate_conf_replace "0.0.0.0:25 " "127.0.0.1:$1 " &&
+	    gate_conf_replace "0.0.0.0:587 " "127.0.0.1:$2 " &&
+	    gate_conf_replace "0.0.0.0:9425 " "127.0.0.1:$3 " &&
+	    gate_conf_replace "172.30.25.25:25]" "127.0.0.1:$4]" &&
+	    gate_conf_replace "172.30.25.63:6379 " "127.0.0.1:$5 "
+}
+
 # gate_dir DIR POLICY [PASSWORD]: DIR/ as smtpgate's configuration
 # directory, for a config made from $conf: tls/ with a fresh self-signed
 # certificate, policy/ a link to the directory POLICY, users from

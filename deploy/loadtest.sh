@@ -173,12 +173,8 @@ awk '
 	fail "no limit: found in deploy/policy/ratelimits.yaml"
 sg=$work/smtpgate
 gate_dir "$sg" "$policy"
-gate_conf_load
-gate_conf_replace "0.0.0.0:25 " "127.0.0.1:$smtp_port " || fail "bad config"
-gate_conf_replace "0.0.0.0:587 " "127.0.0.1:$submission_port " || fail "bad config"
-gate_conf_replace "172.30.25.25:25]" "127.0.0.1:$postfix_port]" || fail "bad config"
-gate_conf_replace "172.30.25.63:6379 " "127.0.0.1:$redis_port " || fail "bad config"
-gate_conf_replace "0.0.0.0:9425 " "127.0.0.1:$metrics_port " || fail "bad config"
+gate_conf_local "$smtp_port" "$submission_port" "$metrics_port" "$postfix_port" \
+	"$redis_port" || fail "bad config"
 gate_conf_replace "max_connections_per_client: 20" "max_connections_per_client: 0" ||
 	fail "bad config"
 printf '%s\n' "$conf" >"$sg/smtpgate.yaml"

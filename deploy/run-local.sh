@@ -112,12 +112,8 @@ postfix_start "$pf" "$postfix_port" || fail "Postfix did not start"
 sg=$work/smtpgate
 password=${RUN_LOCAL_PASSWORD:-$(openssl rand -hex 12)}
 gate_dir "$sg" "$deploy/policy" "$password"
-gate_conf_load
-gate_conf_replace "0.0.0.0:25 " "127.0.0.1:$smtp_port " || fail "bad config"
-gate_conf_replace "0.0.0.0:587 " "127.0.0.1:$submission_port " || fail "bad config"
-gate_conf_replace "172.30.25.25:25]" "127.0.0.1:$postfix_port]" || fail "bad config"
-gate_conf_replace "172.30.25.63:6379 " "127.0.0.1:$redis_port " || fail "bad config"
-gate_conf_replace "0.0.0.0:9425 " "127.0.0.1:$metrics_port " || fail "bad config"
+gate_conf_local "$smtp_port" "$submission_port" "$metrics_port" "$postfix_port" \
+	"$redis_port" || fail "bad config"
 printf '%s\n' "$conf" >"$sg/smtpgate.yaml"
 "$bin" -t -c "$sg/smtpgate.yaml" >/dev/null ||
 	fail "smtpgate -t refused $sg/smtpgate.yaml"

@@ -260,12 +260,7 @@ gate_dir "$sg" "$policy" "$password"
 # gate_config SMTP SUBMISSION CHECK METRICS: the config of one gateway, in
 # $conf.
 gate_config() {
-	gate_conf_load
-	gate_conf_replace "0.0.0.0:25 " "127.0.0.1:$1 " || return 1
-	gate_conf_replace "0.0.0.0:587 " "127.0.0.1:$2 " || return 1
-	gate_conf_replace "0.0.0.0:9425 " "127.0.0.1:$4 " || return 1
-	gate_conf_replace "172.30.25.25:25]" "127.0.0.1:$postfix_port]" || return 1
-	gate_conf_replace "172.30.25.63:6379 " "127.0.0.1:$redis_port " || return 1
+	gate_conf_local "$1" "$2" "$4" "$postfix_port" "$redis_port" || return 1
 	if [ -n "${REDIS_TIMEOUT:-}" ]; then
 		gate_conf_replace "  timeout: 50ms" "  timeout: $REDIS_TIMEOUT" || return 1
 	fi
