@@ -2605,51 +2605,34 @@ static const struct be_callbacks smtp_be_callbacks = {
 
 /* ---- Reverse DNS ------------------------------------------------------- */
 
-/* The address bytes of ss and their length (4 or 16; 0: other family). */
-static size_t
-smtp_rdns_key(const struct sockaddr_storage *ss, const uint8_t **p)
-{
-	*p = NULL;
-	if (ss->ss_family == AF_INET) {
-		*p = (const uint8_t *)&((const struct sockaddr_in *)ss)->sin_addr;
-		return 4;
-	}
-	if (ss->ss_family == AF_INET6) {
-		*p = ((const struct sockaddr_in6 *)ss)->sin6_addr.s6_addr;
-		return 16;
-	}
-	return 0;
-}
-
-/* ss's slot in w's cache (made on first use), or NULL. */
+/*
+ * ss's slot in w's cache (made on first use), or NULL for an address of
+ * another family or when out of memory; *key and *keylen: the address
+ * bytes, as a slot holds them.
+ */
 static struct rdns_entry *
-smtp_rdns_slot(struct worker *w, const struct sockaddr_storage *ss)
+smtp_rdns_slot(struct worker *w, const struct sockaddr_storage *ss,
+    const uint8_t **key, size_t *keylen)
 {
-	const uint8_t	*p;
-	size_t		 n, i;
+	size_t		 i;
 	uint32_t	 h = 2166136261u;	/* FNV-1a */
 
-	if ((n = smtp_rdns_key(ss, &p)) == 0)
+	if (ss->ss_family == AF_INET) {
+		*key = (const uint8_t *)
+		    &((const struct sockaddr_in *)ss)->sin_addr;
+		*keylen = 4;
+	} else if (ss->ss_family == AF_INET6) {
+		*key = ((const struct sockaddr_in6 *)ss)->sin6_addr.s6_addr;
+		*keylen = 16;
+	} else
 		return NULL;
 	if (w->rdns_cache == NULL &&
 	    (w->rdns_cache = calloc(RDNS_SLOTS, sizeof(*w->rdns_cache))) ==
 	    NULL)
 		return NULL;
-	for (i = 0; i < n; i++)
-		h = (h ^ p[i]) * 16777619u;
+	for (i = 0; i < *keylen; i++)
+		h = (h ^ (*key)[i]) * 16777619u;
 	return &w->rdns_cache[h % RDNS_SLOTS];
-}
-
-/* Nonzero when slot e holds ss's answer, still valid at now. */
-static int
-smtp_rdns_hit(const struct rdns_entry *e, const struct sockaddr_storage *ss,
-    uint64_t now)
-{
-	const uint8_t	*p;
-	size_t		 n = smtp_rdns_key(ss, &p);
-
-	return e->expires > now && e->family == ss->ss_family &&
-	    memcmp(e->addr, p, n) == 0;
 }
 
 /* Thread pool: PTR lookup, confirmed by a forward lookup. */
@@ -2689,14 +2672,13 @@ smtp_rdns_done(uv_work_t *req, int status)
 	struct rdns_req		*r = req->data;
 	struct smtp_session	*s = r->s;
 	struct rdns_entry	*e;
-	const uint8_t		*p;
-	size_t			 n;
+	const uint8_t		*key;
+	size_t			 keylen;
 
 	if (status == 0 && r->ttl > 0 && !r->temp &&
-	    (e = smtp_rdns_slot(r->w, &r->ss)) != NULL) {
-		n = smtp_rdns_key(&r->ss, &p);
+	    (e = smtp_rdns_slot(r->w, &r->ss, &key, &keylen)) != NULL) {
 		e->family = (uint8_t)r->ss.ss_family;
-		memcpy(e->addr, p, n);
+		memcpy(e->addr, key, keylen);
 		memcpy(e->name, r->name, sizeof(e->name));
 		e->expires = uv_now(&r->w->loop) + r->ttl;
 	}
@@ -2715,12 +2697,15 @@ smtp_rdns_start(struct smtp_session *s, const struct sockaddr_storage *ss)
 {
 	struct rdns_req		*r;
 	struct rdns_entry	*e;
+	const uint8_t		*key;
+	size_t			 keylen;
 
 	if (!s->cfg->smtp_reverse_dns)
 		return;
 	if (s->cfg->smtp_rdns_cache > 0 &&
-	    (e = smtp_rdns_slot(s->w, ss)) != NULL &&
-	    smtp_rdns_hit(e, ss, uv_now(&s->w->loop))) {
+	    (e = smtp_rdns_slot(s->w, ss, &key, &keylen)) != NULL &&
+	    e->expires > uv_now(&s->w->loop) && e->family == ss->ss_family &&
+	    memcmp(e->addr, key, keylen) == 0) {
 		memcpy(s->client.name, e->name, sizeof(s->client.name));
 		log_debug("session=%s client=%s name=%s (cached)", s->idstr,
 		    s->addr, s->client.name);
