@@ -25,9 +25,8 @@ struct client_table {
 	struct client_entry	*bucket[CT_BUCKETS];
 };
 
-/* The address bytes of sa into a (16 bytes); returns their length. */
-static size_t
-ct_addr(const struct sockaddr *sa, unsigned char *a)
+size_t
+client_addr_bytes(const struct sockaddr *sa, unsigned char a[16])
 {
 	memset(a, 0, 16);
 	if (sa->sa_family == AF_INET6) {
@@ -38,16 +37,22 @@ ct_addr(const struct sockaddr *sa, unsigned char *a)
 	return 4;
 }
 
-/* The chain of a (FNV-1a). */
-static struct client_entry **
-ct_chain(struct client_table *t, const unsigned char *a, size_t len)
+uint32_t
+client_addr_hash(const unsigned char *a, size_t len)
 {
 	uint32_t	h = 2166136261u;
 	size_t		i;
 
 	for (i = 0; i < len; i++)
 		h = (h ^ a[i]) * 16777619u;
-	return &t->bucket[h % CT_BUCKETS];
+	return h;
+}
+
+/* The chain of a. */
+static struct client_entry **
+ct_chain(struct client_table *t, const unsigned char *a, size_t len)
+{
+	return &t->bucket[client_addr_hash(a, len) % CT_BUCKETS];
 }
 
 struct client_table *
@@ -87,7 +92,7 @@ client_table_add(struct client_table *t, const struct sockaddr *sa,
 {
 	struct client_entry	**chain, *e;
 	unsigned char		  a[16];
-	size_t			  len = ct_addr(sa, a);
+	size_t			  len = client_addr_bytes(sa, a);
 	int			  r = 0;
 
 	uv_mutex_lock(&t->lock);
@@ -114,7 +119,7 @@ client_table_del(struct client_table *t, const struct sockaddr *sa)
 {
 	struct client_entry	**pe, *e;
 	unsigned char		  a[16];
-	size_t			  len = ct_addr(sa, a);
+	size_t			  len = client_addr_bytes(sa, a);
 
 	uv_mutex_lock(&t->lock);
 	for (pe = ct_chain(t, a, len); (e = *pe) != NULL; pe = &e->next) {

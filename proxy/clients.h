@@ -6,9 +6,21 @@
 #ifndef SMTPGATE_CLIENTS_H
 #define SMTPGATE_CLIENTS_H
 
+#include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 struct client_table;
+
+/*
+ * The address bytes of sa (AF_INET or AF_INET6) into a, zero-padded to 16;
+ * returns their number (4 or 16).  What the table keys on, for other
+ * per-address tables too.
+ */
+size_t client_addr_bytes(const struct sockaddr *sa, unsigned char a[16]);
+
+/* The hash (FNV-1a) of an address's len bytes. */
+uint32_t client_addr_hash(const unsigned char *a, size_t len);
 
 /* A new, empty table; NULL when out of memory. */
 struct client_table *client_table_new(void);

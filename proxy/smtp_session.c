@@ -214,7 +214,7 @@ struct rdns_req {
 struct rdns_entry {
 	uint64_t		 expires;	/* uv_now() limit; 0: empty */
 	uint8_t			 family;	/* AF_INET or AF_INET6 */
-	uint8_t			 addr[16];	/* the address (4 or 16 bytes) */
+	unsigned char		 addr[16];	/* the address (4 or 16 bytes) */
 	char			 name[256];	/* the answer */
 };
 
@@ -2607,32 +2607,21 @@ static const struct be_callbacks smtp_be_callbacks = {
 
 /*
  * ss's slot in w's cache (made on first use), or NULL for an address of
- * another family or when out of memory; *key and *keylen: the address
+ * another family or when out of memory; key and *keylen: the address
  * bytes, as a slot holds them.
  */
 static struct rdns_entry *
 smtp_rdns_slot(struct worker *w, const struct sockaddr_storage *ss,
-    const uint8_t **key, size_t *keylen)
+    unsigned char key[16], size_t *keylen)
 {
-	size_t		 i;
-	uint32_t	 h = 2166136261u;	/* FNV-1a */
-
-	if (ss->ss_family == AF_INET) {
-		*key = (const uint8_t *)
-		    &((const struct sockaddr_in *)ss)->sin_addr;
-		*keylen = 4;
-	} else if (ss->ss_family == AF_INET6) {
-		*key = ((const struct sockaddr_in6 *)ss)->sin6_addr.s6_addr;
-		*keylen = 16;
-	} else
+	if (ss->ss_family != AF_INET && ss->ss_family != AF_INET6)
 		return NULL;
 	if (w->rdns_cache == NULL &&
 	    (w->rdns_cache = calloc(RDNS_SLOTS, sizeof(*w->rdns_cache))) ==
 	    NULL)
 		return NULL;
-	for (i = 0; i < *keylen; i++)
-		h = (h ^ (*key)[i]) * 16777619u;
-	return &w->rdns_cache[h % RDNS_SLOTS];
+	*keylen = client_addr_bytes((const struct sockaddr *)ss, key);
+	return &w->rdns_cache[client_addr_hash(key, *keylen) % RDNS_SLOTS];
 }
 
 /* Thread pool: PTR lookup, confirmed by a forward lookup. */
@@ -2672,11 +2661,11 @@ smtp_rdns_done(uv_work_t *req, int status)
 	struct rdns_req		*r = req->data;
 	struct smtp_session	*s = r->s;
 	struct rdns_entry	*e;
-	const uint8_t		*key;
+	unsigned char		 key[16];
 	size_t			 keylen;
 
 	if (status == 0 && r->ttl > 0 && !r->temp &&
-	    (e = smtp_rdns_slot(r->w, &r->ss, &key, &keylen)) != NULL) {
+	    (e = smtp_rdns_slot(r->w, &r->ss, key, &keylen)) != NULL) {
 		e->family = (uint8_t)r->ss.ss_family;
 		memcpy(e->addr, key, keylen);
 		memcpy(e->name, r->name, sizeof(e->name));
@@ -2697,13 +2686,13 @@ smtp_rdns_start(struct smtp_session *s, const struct sockaddr_storage *ss)
 {
 	struct rdns_req		*r;
 	struct rdns_entry	*e;
-	const uint8_t		*key;
+	unsigned char		 key[16];
 	size_t			 keylen;
 
 	if (!s->cfg->smtp_reverse_dns)
 		return;
 	if (s->cfg->smtp_rdns_cache > 0 &&
-	    (e = smtp_rdns_slot(s->w, ss, &key, &keylen)) != NULL &&
+	    (e = smtp_rdns_slot(s->w, ss, key, &keylen)) != NULL &&
 	    e->expires > uv_now(&s->w->loop) && e->family == ss->ss_family &&
 	    memcmp(e->addr, key, keylen) == 0) {
 		memcpy(s->client.name, e->name, sizeof(s->client.name));
