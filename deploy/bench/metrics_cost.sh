@@ -16,6 +16,9 @@
 set -eu
 [ $# -ge 1 ] || { echo "usage: metrics_cost.sh BASE_BIN [NEW_BIN]" >&2; exit 2; }
 top=$(cd "$(dirname "$0")/../.." && pwd)
+deploy=$top/deploy
+# shellcheck source=deploy/lib.sh
+. "$deploy/lib.sh"
 base_src=$1
 new_src=${2:-$top/build/smtpgate}
 MESSAGES=${BENCH_MESSAGES:-20000}
@@ -41,29 +44,11 @@ trap cleanup EXIT
 cp "$base_src" "$work/base"
 cp "$new_src" "$work/new"
 
-read -r SINK GATE_B GATE_N METRICS < <(python3 -c '
-import socket
-ss = [socket.socket() for _ in range(4)]
-for s in ss:
-    s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in ss])')
+read -r SINK GATE_B GATE_N METRICS < <(free_ports 4)
 
-wait_port() {           # PORT: until something accepts there (10 s)
-	local i=0
-	until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
-		i=$((i + 1))
-		[ $i -gt 200 ] && { echo "nothing listens on $1" >&2; exit 1; }
-		sleep 0.05      # a process starting: nothing to await but time
-	done
-}
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
-
-sink_user=()
-[ "$(id -u)" = 0 ] && sink_user=(-u nobody)
-/usr/sbin/smtp-sink "${sink_user[@]}" -m 4096 -t 300 "127.0.0.1:$SINK" 4096 \
-    >"$work/sink.out" 2>&1 &
-pids+=($!)
-wait_port "$SINK"
+SMTP_SINK=/usr/sbin/smtp-sink
+sink_start "$SINK" 4096 -m 4096 -t 300 ||
+	{ echo "smtp-sink did not start: $(cat "$work/sink.err")" >&2; exit 1; }
 
 gateway() {             # NAME PORT [metrics port]: starts one; pid in gw_pid
 	{
@@ -83,15 +68,15 @@ gateway base "$GATE_B"
 PID_B=$gw_pid
 gateway new "$GATE_N" "$METRICS"
 PID_N=$gw_pid
-wait_port "$GATE_B"
-wait_port "$GATE_N"
+wait_port "$GATE_B" "$PID_B" || { echo "base gateway did not start" >&2; exit 1; }
+wait_port "$GATE_N" "$PID_N" || { echo "new gateway did not start" >&2; exit 1; }
 
 # round NAME PORT PID: one smtp-source run; prints microseconds of the
 # gateway's CPU per message.
 ticks=$(getconf CLK_TCK)
 round() {
 	local c0 c1 spid=""
-	c0=$(cpu_ticks "$3")
+	c0=$(proc_cpu_ticks "$3")
 	if [ "$1" = new ]; then
 		python3 - "$METRICS" <<'EOF' &
 import sys, time, urllib.request
@@ -106,7 +91,7 @@ EOF
 	    -M bench.example.test -f bench@sender.example -t bench@rcpt.example \
 	    "127.0.0.1:$2" >/dev/null 2>"$work/source.err" ||
 		{ cat "$work/source.err" >&2; exit 1; }
-	c1=$(cpu_ticks "$3")
+	c1=$(proc_cpu_ticks "$3")
 	if [ -n "$spid" ]; then
 		kill -TERM "$spid"
 		wait "$spid" 2>/dev/null || true
