@@ -125,10 +125,6 @@ failures=0              # runs with errors
 trap 'cleanup_pids "logs and configs"' EXIT
 trap 'exit 130' INT TERM
 
-status_kb() {           # status_kb PID FIELD -> kB (e.g. VmRSS, VmHWM)
-	awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null
-}
-
 # Resets the peak RSS (VmHWM) of PID to its current RSS, if allowed.
 reset_hwm() {
 	echo 5 2>/dev/null >"/proc/$1/clear_refs"
@@ -487,7 +483,7 @@ load() {
 		forget_pid "$spid"
 		local peak hwm
 		peak=$(sed -n 's/.*max_kb=\([0-9]*\).*/\1/p' "$work/rss-$tag")
-		hwm=$(status_kb "$pid" VmHWM)
+		hwm=$(proc_status_kb "$pid" VmHWM)
 		if [ "$target" = policy ]; then
 			[ "${peak:-0}" -gt "$pol_peak_kb" ] && pol_peak_kb=$peak
 			[ "${hwm:-0}" -gt "$pol_hwm_kb" ] && pol_hwm_kb=$hwm
@@ -641,7 +637,7 @@ stop_pid "$REDIS_PID" redis-server 15 || failures=$((failures + 1))
 
 echo "Idle connections:"
 start_gate
-idle_base_kb=$(status_kb "$GATE_PID" VmRSS)
+idle_base_kb=$(proc_status_kb "$GATE_PID" VmRSS)
 python3 "$helpers/idle_clients.py" 127.0.0.1 "$GATE_PORT" "$IDLE" 180 \
     >"$work/idle.out" 2>"$work/idle.err" &
 IDLE_PID=$!
@@ -653,7 +649,7 @@ for _ in $(seq 2000); do
 	sleep 0.1
 done
 sleep 1
-idle_kb=$(status_kb "$GATE_PID" VmRSS)
+idle_kb=$(proc_status_kb "$GATE_PID" VmRSS)
 idle_fds=$(find "/proc/$GATE_PID/fd" -mindepth 1 2>/dev/null | wc -l)
 stop_pid "$IDLE_PID" idle_clients 30
 ready=$(grep '^ready' "$work/idle.out")
@@ -679,7 +675,7 @@ echo "Large message:"
 start_gate
 big_bytes=$((BIG_MB * 1024 * 1024))
 before=$(sink_msgs)
-big_base_kb=$(status_kb "$GATE_PID" VmRSS)
+big_base_kb=$(proc_status_kb "$GATE_PID" VmRSS)
 reset_hwm "$GATE_PID"
 python3 "$helpers/rss_sampler.py" "$GATE_PID" 0.1 >"$work/rss-big" &
 spid=$!
@@ -693,7 +689,7 @@ forget_pid "$spid"
 sleep 0.3
 big_sink=$(( $(sink_msgs) - before ))
 big_max_kb=$(sed -n 's/.*max_kb=\([0-9]*\).*/\1/p' "$work/rss-big")
-big_hwm_kb=$(status_kb "$GATE_PID" VmHWM)
+big_hwm_kb=$(proc_status_kb "$GATE_PID" VmHWM)
 big_samples=$(sed -n 's/.*samples=\([0-9]*\).*/\1/p' "$work/rss-big")
 echo "  ${BIG_MB} MiB through smtpgate: $(cat "$work/big.out"); sink received $big_sink message(s)"
 big_ok=0

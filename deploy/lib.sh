@@ -296,9 +296,10 @@ proc_cpu_ticks() {
 	sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }'
 }
 
-# proc_rss_kb PID: VmRSS of PID in kB ("" when gone).
-proc_rss_kb() {
-	awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status" 2>/dev/null
+# proc_status_kb PID FIELD: FIELD (VmRSS, VmHWM, ...) of /proc/PID/status
+# in kB ("" when gone).
+proc_status_kb() {
+	awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null
 }
 
 # mb KB: KB in MB, one decimal.

@@ -140,7 +140,7 @@ idle_start() {
 }
 
 echo "smtpgate $("$work/smtpgate" -V | awk '{ print $2 }'), $WORKERS workers; smtp-sink backend"
-rss0=$(proc_rss_kb "$GATE_PID")
+rss0=$(proc_status_kb "$GATE_PID" VmRSS)
 mail base
 rate_base=$rate cpu_base=$cpu
 
@@ -150,24 +150,24 @@ ready=$(grep '^ready' "$work/idle.out")
 	{ note "ERROR: idle clients: ${ready:-no ready line}; $(tail -3 "$work/idle.err")"
 	  failures=$((failures + 1)); }
 sleep 1
-rss_idle=$(proc_rss_kb "$GATE_PID")
+rss_idle=$(proc_status_kb "$GATE_PID" VmRSS)
 fds=$(find "/proc/$GATE_PID/fd" -mindepth 1 2>/dev/null | wc -l)
 mail idle
 rate_idle=$rate cpu_idle=$cpu
-rss_mail=$(proc_rss_kb "$GATE_PID")
+rss_mail=$(proc_status_kb "$GATE_PID" VmRSS)
 stop_pid "$IDLE_PID" idle_clients 60 || failures=$((failures + 1))
 done_line=$(grep '^done' "$work/idle.out")
 [ "$done_line" = "done greeted=$IDLE closed_by_server=0" ] ||
 	{ note "ERROR: idle clients: ${done_line:-no done line}"; failures=$((failures + 1)); }
 sleep 1
-rss_after=$(proc_rss_kb "$GATE_PID")
+rss_after=$(proc_status_kb "$GATE_PID" VmRSS)
 
 idle_start partial --partial
 pready=$(grep '^ready' "$work/partial.out")
 [ "$pready" = "ready greeted=$IDLE failed=0" ] ||
 	{ note "ERROR: partial-line clients: ${pready:-no ready line}"; failures=$((failures + 1)); }
 sleep 2
-rss_partial=$(proc_rss_kb "$GATE_PID")
+rss_partial=$(proc_status_kb "$GATE_PID" VmRSS)
 stop_pid "$IDLE_PID" idle_clients 60 || failures=$((failures + 1))
 pdone=$(grep '^done' "$work/partial.out")
 [ "$pdone" = "done greeted=$IDLE closed_by_server=0" ] ||
