@@ -304,7 +304,10 @@ pol_each(struct pol_ctx *c, const yaml_node_t *v, const char *path,
 	for (it = v->data.sequence.items.start;
 	    it < v->data.sequence.items.top; it++) {
 		i = (size_t)(it - v->data.sequence.items.start);
-		snprintf(ipath, sizeof(ipath), "%s[%zu]", path, i);
+		/* A path for error messages: a cut one still names the place. */
+		if ((size_t)snprintf(ipath, sizeof(ipath), "%s[%zu]", path,
+		    i) >= sizeof(ipath))
+			ipath[sizeof(ipath) - 2] = ']';
 		fn(c, pol_node(c, *it), ipath, i, arg);
 	}
 }
